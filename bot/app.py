@@ -1,0 +1,95 @@
+"""The composition root: builds the bot from its config and runs it until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from bot.commands.core import CoreCommands
+from bot.commands.dispatch import Dispatcher
+from bot.commands.permissions import UserPatterns
+from bot.commands.registry import CommandRegistry
+from bot.config import Config
+from bot.log import context
+from bot.matrix.client import MatrixClient
+from bot.matrix.messages import IncomingMessage
+
+log = logging.getLogger(__name__)
+
+
+class CallBot:
+    """One bot account: its Matrix connection, commands and (later) calls.
+
+    Constructing it does no I/O and validates everything the config names (e.g. the
+    ``[commands.<name>]`` sections), so ``callbot check-config`` can build one to check.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = CommandRegistry()
+        self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
+        config.check_command_names(self.registry.names())
+        self.registry.apply_overrides(config.commands)
+        self.allowed = UserPatterns(config.allowed_user_globs)
+        self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
+        self.dispatcher = Dispatcher(
+            self.registry,
+            prefix=config.bot.command_prefix,
+            allowed=self.allowed,
+            power_level_of=self.matrix.power_level,
+            reply=self._reply,
+            max_age_s=config.bot.command_max_age,
+        )
+        self.matrix.on_message(self.dispatcher.submit)
+        self.matrix.on_invite(self._on_invite)
+
+    def active_calls(self) -> list[str]:
+        """Rooms whose call the bot is in. Calls arrive with bot.rtc; none yet."""
+        return []
+
+    async def start(self) -> None:
+        await self.matrix.start()
+        log.info("ready: %d rooms, %d commands", len(self.matrix.joined_rooms()),
+                 len(self.registry))
+
+    async def stop(self) -> None:
+        await self.dispatcher.drain()
+        await self.matrix.stop()
+        log.info("stopped")
+
+    async def run(self) -> int:
+        """Start, run until SIGINT/SIGTERM or a fatal sync error, stop. Returns an exit code."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            sync = self.matrix.sync_task
+            assert sync is not None
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({sync, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if sync.done() and not sync.cancelled() and sync.exception() is not None:
+                log.error("the Matrix sync loop failed", exc_info=sync.exception())
+                return 1
+            return 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            with contextlib.suppress(Exception):
+                await self.stop()
+
+    async def _reply(self, msg: IncomingMessage, text: str, html: str | None) -> str:
+        return await self.matrix.reply(msg, text, html, self.config.bot.reply_mode)
+
+    async def _on_invite(self, room_id: str, inviter: str) -> None:
+        ctx = context(room=room_id, user=inviter)
+        if not self.allowed.matches(inviter):
+            log.info("rejecting an invite from a user not in bot.allowed_users", extra=ctx)
+            await self.matrix.reject_invite(room_id)
+            return
+        await self.matrix.join(room_id)
+        log.info("joined on invite", extra=ctx)

@@ -1,0 +1,121 @@
+"""From an incoming message to a command run: parse, check permission, run, reply.
+
+Knows nothing of Matrix libraries: the client hands it ``IncomingMessage`` and a way to
+reply. Every failure ends in a short reply to the caller, never in an exception that could
+stop the sync loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from bot.commands.parsing import MAX_COMMAND_LENGTH, bind_args, parse_command
+from bot.commands.permissions import UserPatterns, refusal
+from bot.commands.registry import Command, CommandContext, CommandRegistry
+from bot.errors import CommandError
+from bot.log import context
+from bot.matrix.messages import IncomingMessage
+
+log = logging.getLogger(__name__)
+
+#: At most this many commands run at once; more are refused ("drop_newest") with a reply.
+MAX_RUNNING_COMMANDS = 32
+
+
+ReplyFn = Callable[[IncomingMessage, str, str | None], Awaitable[str]]
+PowerLevelFn = Callable[[str, str], int]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: CommandRegistry,
+        *,
+        prefix: str,
+        allowed: UserPatterns,
+        power_level_of: PowerLevelFn,
+        reply: ReplyFn,
+        max_age_s: float,
+    ) -> None:
+        self.registry = registry
+        self.prefix = prefix
+        self.allowed = allowed
+        self.power_level_of = power_level_of
+        self._reply = reply
+        self.max_age_s = max_age_s
+        self._running: set[asyncio.Task[None]] = set()
+
+    def may_run(self, cmd: Command, room_id: str, user_id: str) -> bool:
+        return refusal(cmd, user_id, self.power_level_of(room_id, user_id), self.allowed) is None
+
+    def submit(self, msg: IncomingMessage) -> None:
+        """Handle a message in the background so the sync loop never waits on a command."""
+        if len(self._running) >= MAX_RUNNING_COMMANDS:
+            log.warning("too many running commands, dropping one",
+                        extra=context(room=msg.room_id, user=msg.sender))
+            task = asyncio.create_task(self._say(msg, "I am busy, please try again shortly."))
+        else:
+            task = asyncio.create_task(self.handle(msg))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def drain(self) -> None:
+        """Wait for running commands (used at shutdown)."""
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def handle(self, msg: IncomingMessage) -> None:
+        parsed = parse_command(msg.body, self.prefix)
+        if parsed is None:
+            return
+        ctx = context(room=msg.room_id, user=msg.sender)
+        age_s = time.time() - msg.timestamp_ms / 1000
+        if age_s > self.max_age_s:
+            log.info("ignoring a command sent %.0f s ago", age_s, extra=ctx)
+            return
+        shown = f"{self.prefix}{_shorten(parsed.name)}"
+        if len(msg.body) > MAX_COMMAND_LENGTH:
+            await self._say(msg, f"That command is too long (over {MAX_COMMAND_LENGTH} chars).")
+            return
+        cmd = self.registry.get(parsed.name)
+        if cmd is None:
+            log.info("unknown command %s", shown, extra=ctx)
+            await self._say(msg, f"Unknown command {shown}. Type {self.prefix}help to see "
+                                 "what you can run.")
+            return
+        why = refusal(cmd, msg.sender, self.power_level_of(msg.room_id, msg.sender), self.allowed)
+        if why:
+            log.info("refused %s: %s", shown, why, extra=ctx)
+            await self._say(msg, f"You may not run {self.prefix}{cmd.name}: {why}.")
+            return
+        command_ctx = CommandContext(
+            room_id=msg.room_id,
+            sender=msg.sender,
+            event_id=msg.event_id,
+            prefix=self.prefix,
+            reply=lambda text, html=None: self._reply(msg, text, html),
+            may_run=lambda c: self.may_run(c, msg.room_id, msg.sender),
+        )
+        try:
+            kwargs = bind_args(cmd, parsed.argtext, self.prefix)
+            log.info("running %s", shown, extra=ctx)
+            await cmd.handler(command_ctx, **kwargs)
+        except CommandError as e:
+            await self._say(msg, str(e))
+        except Exception:
+            log.exception("command %s failed", shown, extra=ctx)
+            await self._say(msg, f"{self.prefix}{cmd.name} failed with an internal error; "
+                                 "the bot's log has the details.")
+
+    async def _say(self, msg: IncomingMessage, text: str) -> None:
+        try:
+            await self._reply(msg, text, None)
+        except Exception:
+            log.exception("could not send a reply", extra=context(room=msg.room_id))
+
+
+def _shorten(name: str, limit: int = 32) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"

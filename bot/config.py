@@ -1,0 +1,324 @@
+"""Configuration: a TOML file (plus environment overrides) read into typed, validated dataclasses.
+
+Every problem is reported with the dotted key it concerns and why, and all problems are
+collected before raising, so one run of `callbot check-config` shows them all.
+
+Any scalar option may instead come from the environment as ``CALLBOT_<SECTION>_<KEY>``
+(for example ``CALLBOT_MATRIX_PASSWORD``); the environment wins over the file, which keeps
+secrets out of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bot.errors import ConfigError
+
+ENV_PREFIX = "CALLBOT_"
+
+Check = Callable[[Any], str | None]
+
+
+def _check(fn: Check, **kw: Any) -> Any:
+    """A dataclass field with a value check that returns a problem text or None."""
+    metadata = {"check": fn}
+    return field(metadata=metadata, **kw)
+
+
+def _http_url(v: str) -> str | None:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
+        return f"must be an http:// or https:// URL, got {v!r}"
+    return None
+
+
+def _user_id(v: str) -> str | None:
+    if not re.fullmatch(r"@[^:\s]+:\S+", v):
+        return f"must be a full Matrix user ID like '@bot:example.org', got {v!r}"
+    return None
+
+
+def _prefix(v: str) -> str | None:
+    if not v or len(v) > 16 or any(c.isspace() for c in v):
+        return "must be 1 to 16 characters without spaces"
+    return None
+
+
+def _user_globs(v: tuple[str, ...]) -> str | None:
+    bad = [g for g in v if not g.startswith("@") or ":" not in g]
+    if bad:
+        return f"entries must be user ID patterns like '@*:example.org', got {bad[0]!r}"
+    return None
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    homeserver: str = _check(_http_url)
+    user_id: str = _check(_user_id)
+    password: str | None = field(default=None, repr=False, metadata={"secret": True})
+    access_token: str | None = field(default=None, repr=False, metadata={"secret": True})
+    device_name: str = "matrix-callbot"
+    ignore_unverified_devices: bool = True
+
+    @property
+    def server_name(self) -> str:
+        return self.user_id.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    data_dir: Path
+    command_prefix: str = _check(_prefix, default="!")
+    allowed_users: tuple[str, ...] = _check(_user_globs, default=())
+    reply_mode: Literal["reply", "thread"] = "reply"
+    command_max_age: float = _check(_positive, default=120.0)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["human", "json"] = "human"
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """Per-command permission overrides, under ``[commands.<name>]``."""
+
+    power_level: int | None = None
+    allowed_users_only: bool | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    matrix: MatrixConfig
+    bot: BotConfig
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    commands: dict[str, CommandConfig] = field(default_factory=dict)
+
+    @property
+    def allowed_user_globs(self) -> tuple[str, ...]:
+        """``bot.allowed_users``, defaulting to everyone on the bot's own homeserver."""
+        return self.bot.allowed_users or (f"@*:{self.matrix.server_name}",)
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach a log line."""
+        return [s for s in (self.matrix.password, self.matrix.access_token) if s]
+
+    def check_command_names(self, known: set[str]) -> None:
+        """Fail on ``[commands.<name>]`` sections for commands that do not exist."""
+        problems = [
+            _unknown(f"commands.{name}", name, known, what="command")
+            for name in self.commands
+            if name not in known
+        ]
+        if problems:
+            raise ConfigError(problems)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate; raise ConfigError on any problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(["file not found"], str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"cannot read file: {e}"], str(path)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"invalid TOML: {e}"], str(path)) from None
+    return parse_config(raw, base_dir=path.resolve().parent, source=str(path), environ=environ)
+
+
+def parse_config(
+    raw: dict[str, Any],
+    *,
+    base_dir: Path,
+    source: str = "config",
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate an already-parsed TOML document. Relative paths resolve against base_dir."""
+    problems: list[str] = []
+    raw = _apply_env(raw, os.environ if environ is None else environ, problems)
+    cfg = _build(Config, raw, "", problems, base_dir)
+    if cfg is not None and not (cfg.matrix.password or cfg.matrix.access_token):
+        problems.append(
+            "matrix.password: missing value (set matrix.password or matrix.access_token, "
+            f"or the environment variable {ENV_PREFIX}MATRIX_PASSWORD)"
+        )
+    if problems or cfg is None:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict:
+    """Copy raw with CALLBOT_<SECTION>_<KEY> variables laid over it (as strings, typed later)."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        section_type = hints[f.name]
+        if not dataclasses.is_dataclass(section_type):
+            continue
+        for sf in dataclasses.fields(section_type):
+            var = f"{ENV_PREFIX}{f.name}_{sf.name}".upper()
+            if var in environ:
+                section = merged.setdefault(f.name, {})
+                if isinstance(section, dict):
+                    section[sf.name] = _EnvValue(var, environ[var])
+    return merged
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A value taken from the environment: a string that still has to be typed."""
+
+    var: str
+    text: str
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str], base_dir: Path) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or '(top level)'}: must be a table")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append(_unknown(prefix + key, key, set(fields)))
+    values: dict[str, Any] = {}
+    ok = True
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            if not has_default:
+                problems.append(f"{key}: missing value")
+                ok = False
+            continue
+        before = len(problems)
+        value = _convert(hints[name], data[name], key, problems, base_dir)
+        if len(problems) > before:
+            ok = False
+            continue
+        check = f.metadata.get("check")
+        why = check(value) if check else None
+        if why:
+            problems.append(f"{key}: {why}")
+            ok = False
+            continue
+        values[name] = value
+    return cls(**values) if ok else None
+
+
+def _convert(tp: Any, value: Any, key: str, problems: list[str], base_dir: Path) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # only "X | None" is used
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key, problems, base_dir)
+    if isinstance(value, _EnvValue):
+        return _convert_env(tp, value, key, problems, base_dir)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", problems, base_dir)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: must be a table, got {_tname(value)}")
+            return None
+        out = {k: _build(args[1], v, f"{key}.{k}.", problems, base_dir) for k, v in value.items()}
+        return out
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{key}: must be a list of strings, got {_tname(value)}")
+            return None
+        return tuple(value)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            problems.append(f"{key}: must be one of {choices}, got {value!r}")
+            return None
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key}: must be a non-empty path string, got {_tname(value)}")
+            return None
+        return (base_dir / Path(value).expanduser()).resolve()
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        problems.append(f"{key}: must be an integer, got a boolean")
+        return None
+    if not isinstance(value, tp):
+        problems.append(f"{key}: must be {_TYPE_WORDS[tp]}, got {_tname(value)}")
+        return None
+    return value
+
+
+def _convert_env(tp: Any, ev: _EnvValue, key: str, problems: list[str], base_dir: Path) -> Any:
+    text = ev.text.strip()
+    where = f"{key} (from environment variable {ev.var})"
+    try:
+        if tp is bool:
+            lowered = text.lower()
+            if lowered not in _BOOL_WORDS:
+                raise ValueError
+            value: Any = _BOOL_WORDS[lowered]
+        elif tp is int:
+            value = int(text)
+        elif tp is float:
+            value = float(text)
+        elif tp in (str, Path) or typing.get_origin(tp) is Literal:
+            value = ev.text
+        else:
+            problems.append(f"{where}: this option cannot be set from the environment")
+            return None
+    except ValueError:
+        problems.append(f"{where}: must be {_TYPE_WORDS.get(tp, tp)}, got {text!r}")
+        return None
+    before = len(problems)
+    converted = _convert(tp, value, key, problems, base_dir)
+    if len(problems) > before:  # name the variable, not just the key
+        problems[before:] = [p.replace(f"{key}:", f"{where}:", 1) for p in problems[before:]]
+    return converted
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_TYPE_WORDS: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
+
+
+def _tname(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _unknown(key: str, name: str, known: set[str], what: str = "key") -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{key}: unknown {what}{hint}"

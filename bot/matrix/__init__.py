@@ -1,0 +1,1 @@
+"""The Matrix side: login and device persistence, sync, messages, Olm to-device."""

@@ -1,0 +1,1 @@
+"""Plugins that ship with matrix-callbot (recorder, transcriber, music)."""

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import CallBot
+from bot.config import Config, parse_config
+from tests.peer import Peer
+from tests.synapse import Account, Synapse
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
+    """One real Synapse for the whole run; tests register their own users."""
+    server = Synapse(tmp_path_factory.mktemp("synapse"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def bot_config(
+    synapse: Synapse, account: Account, data_dir: Path, **sections: dict[str, Any]
+) -> Config:
+    raw: dict[str, Any] = {
+        "matrix": {"homeserver": synapse.url, "user_id": account.user_id,
+                   "password": account.password},
+        "bot": {"data_dir": str(data_dir)},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return parse_config(raw, base_dir=data_dir.parent, environ={})
+
+
+@contextlib.asynccontextmanager
+async def running_bot(config: Config) -> AsyncIterator[CallBot]:
+    bot = CallBot(config)
+    await bot.start()
+    try:
+        yield bot
+    finally:
+        await bot.stop()
+
+
+@contextlib.asynccontextmanager
+async def peer(synapse: Synapse, tmp_path: Path, prefix: str) -> AsyncIterator[Peer]:
+    account = synapse.register(prefix)
+    p = await Peer(synapse.url, account, tmp_path / f"peer-{account.localpart}").start()
+    try:
+        yield p
+    finally:
+        await p.stop()
