@@ -51,8 +51,9 @@ class CallBot:
 
     async def start(self) -> None:
         await self.matrix.start()
-        log.info("ready: %d rooms, %d commands", len(self.matrix.joined_rooms()),
-                 len(self.registry))
+        log.info(
+            "ready: %d rooms, %d commands", len(self.matrix.joined_rooms()), len(self.registry)
+        )
 
     async def stop(self) -> None:
         await self.dispatcher.drain()

@@ -1,13 +1,13 @@
 """The errors matrix-callbot raises on purpose.
 
-    CallbotError
-    ├── ConfigError          the configuration file or environment is wrong (CLI exit code 2)
-    ├── MatrixError          the homeserver refused or failed a request
-    │   └── LoginError       could not log in or restore the stored session
-    ├── CommandError         a command cannot run; the message is shown to the caller
-    │   ├── UsageError       wrong arguments
-    │   └── PermissionDenied the caller may not run it
-    └── IncompatibleDependency  a pinned library changed behaviour we rely on
+CallbotError
+├── ConfigError          the configuration file or environment is wrong (CLI exit code 2)
+├── MatrixError          the homeserver refused or failed a request
+│   └── LoginError       could not log in or restore the stored session
+├── CommandError         a command cannot run; the message is shown to the caller
+│   ├── UsageError       wrong arguments
+│   └── PermissionDenied the caller may not run it
+└── IncompatibleDependency  a pinned library changed behaviour we rely on
 """
 
 from __future__ import annotations

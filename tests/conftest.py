@@ -26,8 +26,11 @@ def bot_config(
     synapse: Synapse, account: Account, data_dir: Path, **sections: dict[str, Any]
 ) -> Config:
     raw: dict[str, Any] = {
-        "matrix": {"homeserver": synapse.url, "user_id": account.user_id,
-                   "password": account.password},
+        "matrix": {
+            "homeserver": synapse.url,
+            "user_id": account.user_id,
+            "password": account.password,
+        },
         "bot": {"data_dir": str(data_dir)},
     }
     for name, values in sections.items():

@@ -28,7 +28,9 @@ class Peer:
         store.mkdir(parents=True, exist_ok=True)
         self.account = account
         self.client = nio.AsyncClient(
-            homeserver, account.user_id, store_path=str(store),
+            homeserver,
+            account.user_id,
+            store_path=str(store),
             config=nio.AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
         )
         self.messages: list[tuple[str, nio.RoomMessage]] = []
@@ -67,8 +69,11 @@ class Peer:
         initial_state = []
         if encrypted:
             initial_state.append(
-                {"type": "m.room.encryption", "state_key": "",
-                 "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                }
             )
         resp = await self.client.room_create(
             preset=nio.RoomPreset.private_chat, invite=list(invite), initial_state=initial_state
@@ -98,17 +103,22 @@ class Peer:
 
     async def wait_member(self, room_id: str, user_id: str, timeout: float = 20.0) -> None:
         """Wait until user_id has joined, and know their devices so they get room keys."""
-        await wait_until(lambda: self.membership(room_id, user_id) == "join", timeout,
-                         f"{user_id} to join {room_id}")
+        await wait_until(
+            lambda: self.membership(room_id, user_id) == "join",
+            timeout,
+            f"{user_id} to join {room_id}",
+        )
         self.client.olm.users_for_key_query.add(user_id)
         await self.client.keys_query()
-        await wait_until(lambda: self.client.olm.device_store[user_id], timeout,
-                         f"device keys of {user_id}")
+        await wait_until(
+            lambda: self.client.olm.device_store[user_id], timeout, f"device keys of {user_id}"
+        )
 
     async def send(self, room_id: str, body: str, **extra: Any) -> str:
         content = {"msgtype": "m.text", "body": body, **extra}
-        resp = await self.client.room_send(room_id, "m.room.message", content,
-                                           ignore_unverified_devices=True)
+        resp = await self.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
         assert isinstance(resp, nio.RoomSendResponse), resp
         return resp.event_id
 

@@ -127,12 +127,16 @@ class Synapse:
         )
         subprocess.run(
             [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg), "--generate-keys"],
-            check=True, capture_output=True, cwd=self.dir,
+            check=True,
+            capture_output=True,
+            cwd=self.dir,
         )
-        out = open(self.dir / "stdout.log", "wb")  # noqa: SIM115 - lives as long as the process
+        out = open(self.dir / "stdout.log", "wb")  # closed when the process ends
         self.proc = subprocess.Popen(
             [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -172,15 +176,28 @@ class Synapse:
         with urllib.request.urlopen(f"{self.url}/_synapse/admin/v1/register") as r:
             nonce = json.load(r)["nonce"]
         mac = hmac.new(SHARED_SECRET.encode(), digestmod=hashlib.sha1)
-        mac.update(b"\x00".join(
-            [nonce.encode(), localpart.encode(), password.encode(),
-             b"admin" if admin else b"notadmin"]
-        ))
-        body = {"nonce": nonce, "username": localpart, "password": password,
-                "admin": admin, "mac": mac.hexdigest()}
+        mac.update(
+            b"\x00".join(
+                [
+                    nonce.encode(),
+                    localpart.encode(),
+                    password.encode(),
+                    b"admin" if admin else b"notadmin",
+                ]
+            )
+        )
+        body = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": password,
+            "admin": admin,
+            "mac": mac.hexdigest(),
+        }
         req = urllib.request.Request(
-            f"{self.url}/_synapse/admin/v1/register", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
+            f"{self.url}/_synapse/admin/v1/register",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         with urllib.request.urlopen(req) as r:
             user_id = json.load(r)["user_id"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bot import __version__
 from tests.conftest import bot_config, peer, running_bot
-from tests.peer import Peer, wait_until
+from tests.peer import Peer
 from tests.synapse import Synapse
 
 

@@ -54,8 +54,10 @@ class Dispatcher:
     def submit(self, msg: IncomingMessage) -> None:
         """Handle a message in the background so the sync loop never waits on a command."""
         if len(self._running) >= MAX_RUNNING_COMMANDS:
-            log.warning("too many running commands, dropping one",
-                        extra=context(room=msg.room_id, user=msg.sender))
+            log.warning(
+                "too many running commands, dropping one",
+                extra=context(room=msg.room_id, user=msg.sender),
+            )
             task = asyncio.create_task(self._say(msg, "I am busy, please try again shortly."))
         else:
             task = asyncio.create_task(self.handle(msg))
@@ -83,8 +85,9 @@ class Dispatcher:
         cmd = self.registry.get(parsed.name)
         if cmd is None:
             log.info("unknown command %s", shown, extra=ctx)
-            await self._say(msg, f"Unknown command {shown}. Type {self.prefix}help to see "
-                                 "what you can run.")
+            await self._say(
+                msg, f"Unknown command {shown}. Type {self.prefix}help to see what you can run."
+            )
             return
         why = refusal(cmd, msg.sender, self.power_level_of(msg.room_id, msg.sender), self.allowed)
         if why:
@@ -107,8 +110,11 @@ class Dispatcher:
             await self._say(msg, str(e))
         except Exception:
             log.exception("command %s failed", shown, extra=ctx)
-            await self._say(msg, f"{self.prefix}{cmd.name} failed with an internal error; "
-                                 "the bot's log has the details.")
+            await self._say(
+                msg,
+                f"{self.prefix}{cmd.name} failed with an internal error; "
+                "the bot's log has the details.",
+            )
 
     async def _say(self, msg: IncomingMessage, text: str) -> None:
         try:

@@ -44,7 +44,7 @@ def parse_command(body: str, prefix: str) -> ParsedCommand | None:
     text = strip_reply_fallback(body).strip()
     if not text.startswith(prefix) or len(text) == len(prefix):
         return None
-    m = _NAME_RE.fullmatch(text[len(prefix):])
+    m = _NAME_RE.fullmatch(text[len(prefix) :])
     if m is None:
         return None
     name = m.group(1).lower()

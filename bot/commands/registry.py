@@ -119,8 +119,15 @@ class _Spec:
     aliases: tuple[str, ...] = field(default=())
 
     def build(self, default_name: str, handler: Handler) -> Command:
-        return Command(self.name or default_name, handler, self.help, self.args,
-                       self.allowed_users_only, self.power_level, self.aliases)
+        return Command(
+            self.name or default_name,
+            handler,
+            self.help,
+            self.args,
+            self.allowed_users_only,
+            self.power_level,
+            self.aliases,
+        )
 
 
 def command(

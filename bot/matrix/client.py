@@ -122,8 +122,10 @@ class MatrixClient:
         self._spawn(self._on_invite(room.room_id, event.sender), room.room_id)
 
     async def _undecryptable_cb(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
-        log.warning("could not decrypt an event (missing room key)",
-                    extra=context(room=room.room_id, user=event.sender))
+        log.warning(
+            "could not decrypt an event (missing room key)",
+            extra=context(room=room.room_id, user=event.sender),
+        )
 
     def _spawn(self, coro: Awaitable[None], room_id: str) -> None:
         async def guarded() -> None:

@@ -59,8 +59,10 @@ async def login(cfg: MatrixConfig, data_dir: Path) -> nio.AsyncClient:
         if not (session_file.exists() and cfg.password):
             raise
         # The stored token may have been revoked (logged out elsewhere): start a new device.
-        log.warning("the stored session was refused; logging in again with the password "
-                    "(this creates a new device)")
+        log.warning(
+            "the stored session was refused; logging in again with the password "
+            "(this creates a new device)"
+        )
         session_file.unlink()
         client = await _login_once(cfg, session_file, store)
     make_private(data_dir / "store")
@@ -83,8 +85,9 @@ async def _login_once(cfg: MatrixConfig, session_file: Path, store: Path) -> nio
         creds.session_read_file()
     except (cryptography.fernet.InvalidToken, ValueError, IndexError):
         # Encrypted with another password/token, or damaged: the stored device is unusable.
-        log.warning("cannot read %s (the password or token changed?); starting a new session",
-                    session_file)
+        log.warning(
+            "cannot read %s (the password or token changed?); starting a new session", session_file
+        )
         session_file.unlink()
         creds.session_read_file()
     sbl_config = botlib.Config()
@@ -111,8 +114,10 @@ async def _check_homeserver(url: str) -> None:
             http.get(f"{url}/_matrix/client/versions") as resp,
         ):
             if resp.status != 200:
-                raise LoginError(f"{url} is not a Matrix homeserver (HTTP {resp.status} "
-                                 "from /_matrix/client/versions)")
+                raise LoginError(
+                    f"{url} is not a Matrix homeserver (HTTP {resp.status} "
+                    "from /_matrix/client/versions)"
+                )
     except (aiohttp.ClientError, TimeoutError) as e:
         raise LoginError(f"cannot reach the homeserver {url}: {_describe(e)}") from None
 
@@ -122,4 +127,3 @@ def _describe(e: BaseException) -> str:
         err = e.args[0]
         return f"{err.status_code}: {err.message}"
     return str(e) or type(e).__name__
-

@@ -54,12 +54,19 @@ def check_nio_internals() -> None:
     problems = []
     handle = getattr(Olm, "_handle_olm_event", None)
     if handle is None or list(inspect.signature(handle).parameters) != [
-        "self", "sender", "sender_key", "payload"
+        "self",
+        "sender",
+        "sender_key",
+        "payload",
     ]:
         problems.append("Olm._handle_olm_event(self, sender, sender_key, payload) changed")
     encrypt = getattr(Olm, "_olm_encrypt", None)
     if encrypt is None or list(inspect.signature(encrypt).parameters) != [
-        "self", "session", "recipient_device", "message_type", "content"
+        "self",
+        "session",
+        "recipient_device",
+        "message_type",
+        "content",
     ]:
         problems.append(
             "Olm._olm_encrypt(self, session, recipient_device, message_type, content) changed"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: scripts/test.sh [pytest args]
+# Installs what the tests need (the project with its test extras in .venv, Synapse in
+# .venv-synapse), checks style with ruff, then runs pytest.
+source "$(dirname "$0")/_env.sh"
+SYNAPSE_VERSION=1.163.2
+SYNVENV="$ROOT/.venv-synapse"
+
+ensure_venv "[test]"
+
+# Synapse in its own environment: its pinned dependencies must not mix with ours.
+if [ "$(cat "$SYNVENV/.installed" 2>/dev/null)" != "$SYNAPSE_VERSION" ]; then
+  [ -x "$SYNVENV/bin/python" ] || "$PYTHON" -m venv "$SYNVENV"
+  "$SYNVENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
+  echo "$SYNAPSE_VERSION" > "$SYNVENV/.installed"
+fi
+export CALLBOT_SYNAPSE_PYTHON="$SYNVENV/bin/python"
+
+cd "$ROOT"
+"$VENV/bin/ruff" check bot plugins tests bench
+"$VENV/bin/ruff" format --check bot plugins tests bench
+exec "$VENV/bin/python" -m pytest "$@"

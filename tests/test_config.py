@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config, parse_config
+from bot.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = {
+    "matrix": {
+        "homeserver": "https://hs.example",
+        "user_id": "@bot:hs.example",
+        "password": "hunter22",
+    },
+    "bot": {"data_dir": "data"},
+}
+
+
+def _parse(raw: dict, environ: dict | None = None, base: Path = Path("/srv/bot")):
+    return parse_config(raw, base_dir=base, environ=environ or {})
+
+
+def _problems(raw: dict, environ: dict | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        _parse(raw, environ)
+    return info.value.problems
+
+
+def _with(section: str, **values) -> dict:
+    raw = {k: dict(v) for k, v in GOOD.items()}
+    raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def test_example_config_is_valid_and_documents_every_option() -> None:
+    cfg = load_config(REPO / "config.toml.example", environ={})
+    assert cfg.bot.command_prefix == "!"
+    assert cfg.bot.data_dir == (REPO / "data").resolve()
+    text = (REPO / "config.toml.example").read_text()
+    import dataclasses
+
+    from bot.config import BotConfig, CommandConfig, LoggingConfig, MatrixConfig
+
+    for section in (MatrixConfig, BotConfig, LoggingConfig, CommandConfig):
+        for f in dataclasses.fields(section):
+            assert f.name in text, f"{section.__name__}.{f.name} is not in config.toml.example"
+
+
+def test_defaults() -> None:
+    cfg = _parse(GOOD)
+    assert cfg.bot.command_prefix == "!"
+    assert cfg.bot.reply_mode == "reply"
+    assert cfg.logging.level == "INFO"
+    assert cfg.bot.data_dir == Path("/srv/bot/data")
+    # No allowed_users: everyone on the bot's own homeserver.
+    assert cfg.allowed_user_globs == ("@*:hs.example",)
+
+
+def test_unknown_key_is_named_with_a_suggestion() -> None:
+    problems = _problems(_with("bot", comand_prefix="?"))
+    assert problems == ["bot.comand_prefix: unknown key (did you mean 'command_prefix'?)"]
+
+
+def test_unknown_section() -> None:
+    raw = {**GOOD, "recorder": {"x": 1}}
+    assert _problems(raw) == ["recorder: unknown key"]
+
+
+def test_wrong_types_are_named() -> None:
+    problems = _problems(
+        _with("bot", command_prefix=1, allowed_users="@a:b", reply_mode="dm", command_max_age=True)
+    )
+    assert "bot.command_prefix: must be a string, got an integer" in problems
+    assert "bot.allowed_users: must be a list of strings, got a string" in problems
+    assert "bot.reply_mode: must be one of 'reply', 'thread', got 'dm'" in problems
+    assert "bot.command_max_age: must be a number, got a boolean" in problems
+
+
+def test_missing_values_are_named() -> None:
+    raw = {"matrix": {"homeserver": "https://x.example"}, "bot": {}}
+    problems = _problems(raw)
+    assert "matrix.user_id: missing value" in problems
+    assert "bot.data_dir: missing value" in problems
+    assert _problems({"bot": {"data_dir": "d"}}) == ["matrix: missing value"]
+
+
+def test_password_or_token_required() -> None:
+    raw = _with("matrix")
+    del raw["matrix"]["password"]
+    (problem,) = _problems(raw)
+    assert problem.startswith("matrix.password: missing value")
+    assert "access_token" in problem
+    raw["matrix"]["access_token"] = "syt_abc"
+    assert _parse(raw).matrix.access_token == "syt_abc"
+
+
+def test_value_checks() -> None:
+    problems = _problems(
+        _with("matrix", homeserver="hs.example", user_id="bot")
+        | {"bot": {"data_dir": "d", "command_prefix": "! ", "allowed_users": ["alice"]}}
+    )
+    assert any(p.startswith("matrix.homeserver: must be an http") for p in problems)
+    assert any(p.startswith("matrix.user_id: must be a full Matrix user ID") for p in problems)
+    assert "bot.command_prefix: must be 1 to 16 characters without spaces" in problems
+    assert any(p.startswith("bot.allowed_users: entries must be") for p in problems)
+
+
+def test_secrets_from_environment() -> None:
+    raw = _with("matrix")
+    del raw["matrix"]["password"]
+    cfg = _parse(raw, {"CALLBOT_MATRIX_PASSWORD": "from-env", "CALLBOT_BOT_COMMAND_MAX_AGE": "30"})
+    assert cfg.matrix.password == "from-env"
+    assert cfg.bot.command_max_age == 30.0
+    # The environment wins over the file.
+    assert _parse(GOOD, {"CALLBOT_MATRIX_PASSWORD": "env"}).matrix.password == "env"
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    problems = _problems(GOOD, {"CALLBOT_BOT_COMMAND_MAX_AGE": "soon"})
+    assert problems == [
+        "bot.command_max_age (from environment variable CALLBOT_BOT_COMMAND_MAX_AGE): "
+        "must be a number, got 'soon'"
+    ]
+    problems = _problems(GOOD, {"CALLBOT_BOT_ALLOWED_USERS": "@a:b"})
+    assert problems == [
+        "bot.allowed_users (from environment variable CALLBOT_BOT_ALLOWED_USERS): "
+        "this option cannot be set from the environment"
+    ]
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    cfg = _parse(_with("matrix", access_token="syt_secret_token"))
+    assert "hunter22" not in repr(cfg)
+    assert "syt_secret_token" not in repr(cfg)
+    assert set(cfg.secrets()) == {"hunter22", "syt_secret_token"}
+
+
+def test_command_overrides() -> None:
+    raw = {**GOOD, "commands": {"status": {"power_level": 50}, "help": {"power_levle": 1}}}
+    assert _problems(raw) == [
+        "commands.help.power_levle: unknown key (did you mean 'power_level'?)"
+    ]
+    cfg = _parse({**GOOD, "commands": {"statsu": {"power_level": 50}}})
+    with pytest.raises(ConfigError) as info:
+        cfg.check_command_names({"status", "help"})
+    assert info.value.problems == ["commands.statsu: unknown command (did you mean 'status'?)"]
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[matrix\nhomeserver = 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML: .*line 1"):
+        load_config(bad)
+
+
+def test_all_problems_reported_at_once() -> None:
+    raw = {"matrix": {"homeserver": 5, "user_id": "@b:x", "password": "p", "extra": 1}, "bot": {}}
+    problems = _problems(raw)
+    assert len(problems) == 3, problems
