@@ -14,6 +14,7 @@ tests/test_todevice.py checks the behaviour against a real homeserver.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -38,15 +39,17 @@ class DecryptedToDeviceEvent(UnknownToDeviceEvent):
     """An Olm-decrypted to-device event of a type nio does not handle.
 
     ``sender`` is the server-asserted sender (nio checked it equals the payload's);
-    ``sender_device`` is the device the payload claims, and ``device_verified`` is True only
-    when that device's stored curve25519 key is the Olm session's key and its ed25519 key is
-    the one in the payload, i.e. the claim is backed by the cryptography.
+    ``sender_device`` is the device the payload claims, and ``keys_match`` is True only when
+    that device's published curve25519 key is the Olm session's key and its ed25519 key is
+    the one in the payload, i.e. the claim is backed by the cryptography. It is False when
+    the device's keys were not known yet: ``check_sender_device`` fetches them and decides.
     """
 
     content: dict[str, Any] = field(default_factory=dict)
     sender_key: str = ""
     sender_device: str | None = None
-    device_verified: bool = False
+    claimed_ed25519: str | None = None
+    keys_match: bool = False
 
 
 def check_nio_internals() -> None:
@@ -89,30 +92,55 @@ def install() -> None:
     check_nio_internals()
     original = Olm._handle_olm_event
 
+    @functools.wraps(original)
     def _handle_olm_event(self: Olm, sender: str, sender_key: str, payload: dict[str, Any]):
         event_type = payload.get("type")
         if event_type in NIO_OLM_TYPES or not isinstance(event_type, str):
             return original(self, sender, sender_key, payload)
         device_id = payload.get("sender_device")
-        device = self.device_store[sender].get(device_id) if isinstance(device_id, str) else None
-        claimed_ed25519 = (payload.get("keys") or {}).get("ed25519")
+        claimed = (payload.get("keys") or {}).get("ed25519")
         content = payload.get("content")
-        return DecryptedToDeviceEvent(
+        event = DecryptedToDeviceEvent(
             source=payload,
             sender=sender,
             type=event_type,
             content=content if isinstance(content, dict) else {},
             sender_key=sender_key,
             sender_device=device_id if isinstance(device_id, str) else None,
-            device_verified=bool(
-                device is not None
-                and device.curve25519 == sender_key
-                and device.ed25519 == claimed_ed25519
-            ),
+            claimed_ed25519=claimed if isinstance(claimed, str) else None,
         )
+        event.keys_match = _keys_match(self, event)
+        return event
 
     Olm._handle_olm_event = _handle_olm_event  # type: ignore[method-assign]
     _installed = True
+
+
+def _keys_match(olm: Olm, event: DecryptedToDeviceEvent) -> bool:
+    if event.sender_device is None or event.claimed_ed25519 is None:
+        return False
+    device = olm.device_store[event.sender].get(event.sender_device)
+    return bool(
+        device is not None
+        and device.curve25519 == event.sender_key
+        and device.ed25519 == event.claimed_ed25519
+    )
+
+
+async def check_sender_device(client: nio.AsyncClient, event: DecryptedToDeviceEvent) -> bool:
+    """Whether the event really comes from ``event.sender_device``; fetches its keys if unknown.
+
+    Use before trusting the content (e.g. accepting a media key from a call member).
+    """
+    olm = client.olm
+    if olm is None:
+        raise MatrixError("encryption is not set up on this client")
+    if not event.keys_match and event.sender_device is not None:
+        if event.sender_device not in olm.device_store[event.sender]:
+            olm.users_for_key_query.add(event.sender)
+            await client.keys_query()
+        event.keys_match = _keys_match(olm, event)
+    return event.keys_match
 
 
 async def send_encrypted(
