@@ -112,6 +112,6 @@ def setup_logging(level: str = "INFO", fmt: str = "human", stream: TextIO | None
     root.addHandler(handler)
     root.setLevel(level)
     # Libraries that are chatty at INFO: keep them at WARNING unless we debug.
-    quiet = logging.WARNING if level != "DEBUG" else logging.DEBUG
+    quiet = max(logging.WARNING, root.level) if level != "DEBUG" else logging.DEBUG
     for name in ("nio", "peewee", "aiohttp.access"):
         logging.getLogger(name).setLevel(quiet)

@@ -19,7 +19,7 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 20.0, what: str =
         value = pred()
         if value:
             return value
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what or pred}")
 
 
@@ -135,7 +135,12 @@ class Peer:
                     return ev
             return None
 
-        return await wait_until(find, timeout, f"a reply from {sender} to {to_event}")
+        def find_while_syncing() -> nio.RoomMessage | None:
+            if self._sync is not None and self._sync.done():
+                raise RuntimeError(f"{self.user_id}'s sync loop ended: {self._sync!r}")
+            return find()
+
+        return await wait_until(find_while_syncing, timeout, f"a reply from {sender} to {to_event}")
 
     async def ask(self, room_id: str, body: str, bot: str, timeout: float = 20.0) -> str:
         """Send a message and return the body of the bot's reply to it."""

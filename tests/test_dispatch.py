@@ -53,11 +53,17 @@ def setup():
     plugin = Plugin()
     reg.register(plugin)
     levels = {"@mod:x": 50}
+
+    async def power_level_of(room: str, user: str) -> int:
+        if user == "@broken:x":
+            raise ConnectionError("homeserver unreachable")
+        return levels.get(user, 0)
+
     d = Dispatcher(
         reg,
         prefix="!",
         allowed=UserPatterns(["@*:x"]),
-        power_level_of=lambda room, user: levels.get(user, 0),
+        power_level_of=power_level_of,
         reply=reply,
         max_age_s=60,
     )
@@ -109,6 +115,8 @@ async def test_errors_become_replies(setup) -> None:
     assert "secret internals" not in replies[-1]
     await d.handle(msg("!echo"))
     assert replies[-1] == "Missing <text>. Usage: !echo <text...>"
+    await d.handle(msg("!echo hi", sender="@broken:x"))
+    assert replies[-1] == "!echo failed with an internal error; the bot's log has the details."
 
 
 async def test_too_long_and_stale(setup) -> None:

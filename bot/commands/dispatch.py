@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from bot.commands.parsing import MAX_COMMAND_LENGTH, bind_args, parse_command
 from bot.commands.permissions import UserPatterns, refusal
 from bot.commands.registry import Command, CommandContext, CommandRegistry
-from bot.errors import CommandError
+from bot.errors import CommandError, PermissionDenied
 from bot.log import context
 from bot.matrix.messages import IncomingMessage
 
@@ -26,7 +26,7 @@ MAX_RUNNING_COMMANDS = 32
 
 
 ReplyFn = Callable[[IncomingMessage, str, str | None], Awaitable[str]]
-PowerLevelFn = Callable[[str, str], int]
+PowerLevelFn = Callable[[str, str], Awaitable[int]]
 
 
 class Dispatcher:
@@ -47,9 +47,6 @@ class Dispatcher:
         self._reply = reply
         self.max_age_s = max_age_s
         self._running: set[asyncio.Task[None]] = set()
-
-    def may_run(self, cmd: Command, room_id: str, user_id: str) -> bool:
-        return refusal(cmd, user_id, self.power_level_of(room_id, user_id), self.allowed) is None
 
     def submit(self, msg: IncomingMessage) -> None:
         """Handle a message in the background so the sync loop never waits on a command."""
@@ -89,23 +86,8 @@ class Dispatcher:
                 msg, f"Unknown command {shown}. Type {self.prefix}help to see what you can run."
             )
             return
-        why = refusal(cmd, msg.sender, self.power_level_of(msg.room_id, msg.sender), self.allowed)
-        if why:
-            log.info("refused %s: %s", shown, why, extra=ctx)
-            await self._say(msg, f"You may not run {self.prefix}{cmd.name}: {why}.")
-            return
-        command_ctx = CommandContext(
-            room_id=msg.room_id,
-            sender=msg.sender,
-            event_id=msg.event_id,
-            prefix=self.prefix,
-            reply=lambda text, html=None: self._reply(msg, text, html),
-            may_run=lambda c: self.may_run(c, msg.room_id, msg.sender),
-        )
         try:
-            kwargs = bind_args(cmd, parsed.argtext, self.prefix)
-            log.info("running %s", shown, extra=ctx)
-            await cmd.handler(command_ctx, **kwargs)
+            await self._run(cmd, parsed.argtext, msg)
         except CommandError as e:
             await self._say(msg, str(e))
         except Exception:
@@ -115,6 +97,26 @@ class Dispatcher:
                 f"{self.prefix}{cmd.name} failed with an internal error; "
                 "the bot's log has the details.",
             )
+
+    async def _run(self, cmd: Command, argtext: str, msg: IncomingMessage) -> None:
+        level = await self.power_level_of(msg.room_id, msg.sender)
+        why = refusal(cmd, msg.sender, level, self.allowed)
+        if why:
+            log.info(
+                "refused %s: %s", cmd.name, why, extra=context(room=msg.room_id, user=msg.sender)
+            )
+            raise PermissionDenied(f"You may not run {self.prefix}{cmd.name}: {why}.")
+        command_ctx = CommandContext(
+            room_id=msg.room_id,
+            sender=msg.sender,
+            event_id=msg.event_id,
+            prefix=self.prefix,
+            reply=lambda text, html=None: self._reply(msg, text, html),
+            may_run=lambda c: refusal(c, msg.sender, level, self.allowed) is None,
+        )
+        kwargs = bind_args(cmd, argtext, self.prefix)
+        log.info("running %s", cmd.name, extra=context(room=msg.room_id, user=msg.sender))
+        await cmd.handler(command_ctx, **kwargs)
 
     async def _say(self, msg: IncomingMessage, text: str) -> None:
         try:

@@ -19,6 +19,11 @@ from bot.errors import MatrixError
 from bot.log import context
 from bot.matrix import session, todevice
 from bot.matrix.messages import IncomingMessage, ReplyMode, in_reply, notice, thread_root_of
+from bot.matrix.power_levels import (
+    CREATOR_POWER_LEVEL,
+    creators_are_privileged,
+    creators_from_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ class MatrixClient:
         self._on_message: MessageHandler | None = None
         self._on_invite: InviteHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._creators_cache: dict[str, frozenset[str]] = {}
 
     @property
     def nio(self) -> nio.AsyncClient:
@@ -76,7 +82,7 @@ class MatrixClient:
 
     async def _sync_forever(self) -> None:
         # sync_forever also uploads, queries and claims keys between syncs.
-        await self.nio.sync_forever(timeout=SYNC_TIMEOUT_MS, loop_sleep_time=100)
+        await self.nio.sync_forever(timeout=SYNC_TIMEOUT_MS)
 
     @property
     def sync_task(self) -> asyncio.Task[None] | None:
@@ -150,11 +156,23 @@ class MatrixClient:
         if isinstance(resp, nio.RoomLeaveError):
             raise MatrixError(f"could not reject the invite to {room_id}: {resp.message}")
 
-    def power_level(self, room_id: str, user_id: str) -> int:
+    async def power_level(self, room_id: str, user_id: str) -> int:
+        """The user's power level in the room (0 for rooms the bot is not in)."""
         room = self.nio.rooms.get(room_id)
         if room is None:
             return 0
+        if creators_are_privileged(room.room_version) and user_id in await self._creators(room_id):
+            return CREATOR_POWER_LEVEL
         return room.power_levels.get_user_level(user_id)
+
+    async def _creators(self, room_id: str) -> frozenset[str]:
+        # The create event never changes: fetch once per room.
+        if room_id not in self._creators_cache:
+            resp = await self.nio.room_get_state(room_id)
+            if isinstance(resp, nio.RoomGetStateError):
+                raise MatrixError(f"could not read the state of {room_id}: {resp.message}")
+            self._creators_cache[room_id] = creators_from_state(resp.events)
+        return self._creators_cache[room_id]
 
     def joined_rooms(self) -> list[str]:
         return list(self.nio.rooms)

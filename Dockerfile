@@ -1,0 +1,26 @@
+# matrix-callbot: runs `callbot run -c /config/config.toml` as an unprivileged user.
+#   docker build -t matrix-callbot .
+#   docker run -v $PWD/config:/config:ro -v callbot-data:/data matrix-callbot
+# In config.toml set bot.data_dir = "/data".
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --system --create-home --uid 10001 callbot \
+    && mkdir -p /data /config \
+    && chown callbot:callbot /data \
+    && chmod 0700 /data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY plugins ./plugins
+RUN pip install .
+
+USER callbot
+VOLUME ["/data"]
+ENTRYPOINT ["callbot"]
+CMD ["run", "-c", "/config/config.toml"]
