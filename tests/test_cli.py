@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +70,51 @@ def test_run_reports_an_unreachable_homeserver(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "cannot reach the homeserver http://127.0.0.1:9" in out.stderr
     assert "sekrit-pw" not in out.stderr + out.stdout
+
+
+async def test_run_serves_commands_and_stops_on_sigterm(synapse, tmp_path: Path) -> None:
+    """The real `callbot run` process: answers in an encrypted room, exits 0 on SIGTERM."""
+    import asyncio
+    import signal
+
+    from tests.conftest import peer
+
+    account = synapse.register("bot")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[matrix]\nhomeserver = "{synapse.url}"\nuser_id = "{account.user_id}"\n'
+        '[bot]\ndata_dir = "data"\n[logging]\nformat = "json"\nlevel = "DEBUG"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        "-c",
+        str(cfg),
+        env={**os.environ, "CALLBOT_MATRIX_PASSWORD": account.password},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    lines: list[str] = []
+
+    async def read_log() -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            lines.append(raw.decode())
+
+    reader = asyncio.create_task(read_log())
+    try:
+        async with peer(synapse, tmp_path, "alice") as alice:
+            room = await alice.create_room(invite=[account.user_id])
+            await alice.wait_member(room, account.user_id)
+            assert "Uptime:" in await alice.ask(room, "!status", account.user_id)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 30)
+        await reader
+    assert rc == 0, "".join(lines[-20:])
+    entries = [json.loads(line) for line in lines]  # every line is JSON
+    assert any(e["msg"] == "joined on invite" and e.get("room") == room for e in entries)
+    assert any(e["msg"] == "stopped" for e in entries)
+    assert account.password not in "".join(lines)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
