@@ -7,9 +7,14 @@ import asyncio
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from bot import __version__
 from bot.errors import CallbotError, ConfigError
+
+if TYPE_CHECKING:  # imported lazily at run time so that `callbot --help` stays fast
+    from bot.app import CallBot
+    from bot.config import Config
 
 EXIT_CONFIG = 2
 
@@ -43,21 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args.config)
 
 
-def _load(path: str):
-    # Imported here so that `callbot --help` stays fast.
+def _load(path: str) -> tuple[Config, CallBot] | None:
+    """The config and the bot built from it, or None after printing the config's problems."""
     from bot.app import CallBot
     from bot.config import load_config
 
-    config = load_config(path)
-    return config, CallBot(config)
+    try:
+        config = load_config(path)
+        return config, CallBot(config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return None
 
 
 def _check_config(path: str) -> int:
-    try:
-        config, _ = _load(path)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    loaded = _load(path)
+    if loaded is None:
         return EXIT_CONFIG
+    config, _ = loaded
     print(f"{path}: OK (bot {config.matrix.user_id}, data in {config.bot.data_dir})")
     return 0
 
@@ -65,11 +73,10 @@ def _check_config(path: str) -> int:
 def _run(path: str) -> int:
     from bot.log import register_secret, setup_logging
 
-    try:
-        config, bot = _load(path)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    loaded = _load(path)
+    if loaded is None:
         return EXIT_CONFIG
+    config, bot = loaded
     for secret in config.secrets():
         register_secret(secret)
     setup_logging(config.logging.level, config.logging.format)

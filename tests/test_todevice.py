@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import nio
+import pytest
 from nio.crypto.olm_machine import Olm
 
+from bot.errors import IncompatibleDependency
 from bot.matrix import todevice
 from tests.conftest import peer
 from tests.peer import wait_until
@@ -30,6 +32,21 @@ def test_nio_internals_are_as_expected() -> None:
     todevice.check_nio_internals()
     todevice.install()
     assert Olm._handle_olm_event.__wrapped__ is not None
+
+
+def test_changed_internals_fail_loudly(monkeypatch) -> None:
+    def _olm_encrypt(self, session, device, event_type, content, *, extra=None): ...
+
+    monkeypatch.setattr(Olm, "_olm_encrypt", _olm_encrypt)
+    monkeypatch.delattr(Olm, "_handle_olm_event")
+    with pytest.raises(IncompatibleDependency) as info:
+        todevice.check_nio_internals()
+    message = str(info.value)
+    assert "is not compatible with bot.matrix.todevice (tested with 0.26.0)" in message
+    assert "Olm._olm_encrypt(self, session, recipient_device, message_type, content) changed" in (
+        message
+    )
+    assert "Olm._handle_olm_event(self, sender, sender_key, payload) changed" in message
 
 
 async def test_custom_olm_event_round_trip(synapse: Synapse, tmp_path: Path) -> None:

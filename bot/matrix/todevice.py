@@ -52,28 +52,20 @@ class DecryptedToDeviceEvent(UnknownToDeviceEvent):
     keys_match: bool = False
 
 
+#: The private nio methods we call or wrap, with the parameters we rely on.
+_NIO_INTERNALS = {
+    "_handle_olm_event": ["self", "sender", "sender_key", "payload"],
+    "_olm_encrypt": ["self", "session", "recipient_device", "message_type", "content"],
+}
+
+
 def check_nio_internals() -> None:
     """Raise IncompatibleDependency if the nio internals we rely on are not as expected."""
     problems = []
-    handle = getattr(Olm, "_handle_olm_event", None)
-    if handle is None or list(inspect.signature(handle).parameters) != [
-        "self",
-        "sender",
-        "sender_key",
-        "payload",
-    ]:
-        problems.append("Olm._handle_olm_event(self, sender, sender_key, payload) changed")
-    encrypt = getattr(Olm, "_olm_encrypt", None)
-    if encrypt is None or list(inspect.signature(encrypt).parameters) != [
-        "self",
-        "session",
-        "recipient_device",
-        "message_type",
-        "content",
-    ]:
-        problems.append(
-            "Olm._olm_encrypt(self, session, recipient_device, message_type, content) changed"
-        )
+    for name, params in _NIO_INTERNALS.items():
+        method = getattr(Olm, name, None)
+        if method is None or list(inspect.signature(method).parameters) != params:
+            problems.append(f"Olm.{name}({', '.join(params)}) changed")
     if problems:
         raise IncompatibleDependency(
             f"matrix-nio {version('matrix-nio')} is not compatible with bot.matrix.todevice "
