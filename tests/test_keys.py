@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import base64
+
+from hypothesis import given, settings
+
+from bot.rtc.keys import (
+    MediaKey,
+    OwnKey,
+    ReceivedKeys,
+    decode_key,
+    encode_key_content,
+    parse_key_content,
+)
+from tests.strategies import json_values
+
+ROOM = "!room:x"
+RAW = bytes(range(16))
+
+
+def content(**over) -> dict:
+    c = encode_key_content(ROOM, MediaKey(RAW, 3), "DEV", "member-uuid", 1_000)
+    c.update(over)
+    return c
+
+
+def test_wire_format_matches_js() -> None:
+    c = content()
+    assert c["keys"] == {"index": 3, "key": base64.b64encode(RAW).decode()}
+    assert c["keys"]["key"].endswith("==") and len(c["keys"]["key"]) == 24
+    assert c["member"] == {"claimed_device_id": "DEV", "id": "member-uuid"}
+    assert c["session"] == {"application": "m.call", "call_id": "", "scope": "m.room"}
+    assert c["room_id"] == ROOM and c["sent_ts"] == 1_000
+
+
+def test_parse_round_trip_and_lenient_base64() -> None:
+    k = parse_key_content(content(), "@a:x", ROOM, 5.0)
+    assert (k.user_id, k.device_id, k.member_id, k.key.key, k.key.index) == (
+        "@a:x",
+        "DEV",
+        "member-uuid",
+        RAW,
+        3,
+    )
+    urlsafe = base64.urlsafe_b64encode(b"\xfb\xff" * 8).decode().rstrip("=")
+    assert decode_key(urlsafe) == b"\xfb\xff" * 8
+
+
+def test_key_bytes_never_in_repr() -> None:
+    k = parse_key_content(content(), "@a:x", ROOM, 5.0)
+    assert repr(RAW) not in repr(k)
+    assert base64.b64encode(RAW).decode() not in repr(k)
+
+
+def test_invalid_contents_are_ignored(caplog) -> None:
+    caplog.set_level("INFO")
+    bad = [
+        content(room_id="!other:x"),
+        content(keys={"index": 1}),
+        content(keys={"index": "1", "key": "AAAA"}),
+        content(keys={"index": 256, "key": "AAAA"}),
+        content(keys={"index": True, "key": "AAAA"}),
+        content(keys={"index": 1, "key": "!!not base64!!"}),
+        content(keys={"index": 1, "key": ""}),
+        content(member={}),
+        content(keys=[{"index": 1, "key": "AAAA"}]),  # the old array form
+    ]
+    for c in bad:
+        assert parse_key_content(c, "@a:x", ROOM, 0.0) is None, c
+    assert "ignoring a media key event from @a:x" in caplog.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_parser_never_raises(value) -> None:
+    parse_key_content(value, "@a:x", ROOM, 0.0)
+    if isinstance(value, dict):
+        parse_key_content({**content(), **value}, "@a:x", ROOM, 0.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rotation_rules() -> None:
+    clock = Clock()
+    own = OwnKey(grace_ms=10_000, clock=clock)
+    a, b, c = ("@a:x", "A", 1), ("@b:x", "B", 2), ("@c:x", "C", 3)
+
+    first = own.plan([a])
+    assert (first.key.index, first.targets, first.rotated) == (0, {a}, False)
+    assert own.plan([a]) is None  # nothing changed
+
+    clock.t = 5.0  # a join within the grace period: the current key, to the joiner only
+    joined = own.plan([a, b])
+    assert (joined.key, joined.targets, joined.rotated) == (first.key, {b}, False)
+
+    clock.t = 20.0  # a join after the grace period: a new key for everyone
+    late = own.plan([a, b, c])
+    assert (late.key.index, late.targets, late.rotated) == (1, {a, b, c}, True)
+    assert late.key.key != first.key.key
+
+    clock.t = 21.0  # a leave: always a new key for everyone left
+    left = own.plan([a, c])
+    assert (left.key.index, left.targets, left.rotated) == (2, {a, c}, True)
+
+    rejoined = own.plan([a, ("@c:x", "C", 99)])  # a re-join (new created_ts) counts as leave
+    assert rejoined.rotated and rejoined.key.index == 3
+
+
+def test_index_wraps_at_256() -> None:
+    own = OwnKey(clock=Clock())
+    own.plan([("@a:x", "A", 1)])
+    for i in range(256):
+        d = own.plan([("@a:x", "A", i + 2)])
+    assert d.key.index == 0  # 256 rotations after index 0
+
+
+def test_received_keys_stale_and_pending() -> None:
+    keys = ReceivedKeys(max_pending=2)
+
+    def rk(ts: int, dev: str = "A", index: int = 0):
+        c = content(sent_ts=ts, member={"claimed_device_id": dev, "id": "m"})
+        c["keys"]["index"] = index
+        return parse_key_content(c, "@a:x", ROOM, 0.0)
+
+    new, old = rk(200), rk(100)
+    keys.applied(new)
+    assert keys.is_stale(old)
+    assert not keys.is_stale(rk(300))
+    assert not keys.is_stale(rk(100, index=1))
+    assert keys.has_key_from("@a:x", "A")
+
+    keys.hold(rk(1, dev="X"))
+    keys.hold(rk(2, dev="Y"))
+    keys.hold(rk(3, dev="Z"))  # bounded: X is dropped
+    assert keys.take_pending({("@a:x", "X")}) == []
+    taken = keys.take_pending({("@a:x", "Y"), ("@a:x", "Z")})
+    assert [k.device_id for k in taken] == ["Y", "Z"]
+    assert keys.take_pending({("@a:x", "Y")}) == []

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.rtc.membership import (
+    DEFAULT_EXPIRE_MS,
+    active_memberships,
+    parse_legacy,
+    transport_of,
+)
+from tests.strategies import json_values
+
+NOW = 1_764_000_000_000
+FOCUS = {"type": "livekit", "livekit_service_url": "https://jwt.example", "livekit_alias": "!r"}
+
+
+def legacy(user: str, device: str, ts: int = NOW - 1000, **content: Any) -> dict:
+    body = {
+        "application": "m.call",
+        "call_id": "",
+        "scope": "m.room",
+        "device_id": device,
+        "expires": DEFAULT_EXPIRE_MS,
+        "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+        "foci_preferred": [FOCUS],
+    }
+    body.update(content)
+    return {
+        "type": "org.matrix.msc3401.call.member",
+        "state_key": f"_{user}_{device}_m.call",
+        "sender": user,
+        "event_id": f"$ev-{user}-{device}-{ts}",
+        "origin_server_ts": ts,
+        "content": body,
+    }
+
+
+def sticky(user: str, device: str, member_id: str, ts: int = NOW - 1000, **content: Any) -> dict:
+    body = {
+        "slot_id": "m.call#ROOM",
+        "application": {"type": "m.call", "m.call.intent": "audio"},
+        "member": {"user_id": user, "device_id": device, "id": member_id},
+        "rtc_transports": [{"type": "livekit", "livekit_service_url": "https://jwt.example"}],
+        "versions": [],
+        "msc4354_sticky_key": member_id,
+    }
+    body.update(content)
+    return {
+        "type": "org.matrix.msc4143.rtc.member",
+        "sender": user,
+        "event_id": f"$st-{member_id}",
+        "origin_server_ts": ts,
+        "content": body,
+    }
+
+
+JOINED = {"@a:x", "@b:x", "@c:x"}
+
+
+def members(state=(), stickies=(), joined=JOINED, now=NOW):
+    return active_memberships(
+        state_events=state, sticky_events=stickies, joined_users=joined, now_ms=now
+    )
+
+
+def test_legacy_membership_fields() -> None:
+    (m,) = members([legacy("@a:x", "DEV", ts=NOW - 5000, created_ts=NOW - 9000)])
+    assert (m.user_id, m.device_id, m.kind) == ("@a:x", "DEV", "legacy")
+    assert m.rtc_backend_identity == "@a:x:DEV"
+    assert m.slot_id == "m.call#ROOM"
+    assert m.created_ts == NOW - 9000
+    assert m.time_until_expiry(NOW) == DEFAULT_EXPIRE_MS - 9000
+    assert m.transports == (FOCUS,)
+    assert transport_of(m, [m]) == FOCUS
+
+
+def test_sorting_expiry_slot_and_joined_filters() -> None:
+    events = [
+        legacy("@b:x", "B", ts=NOW - 100),
+        legacy("@a:x", "A", ts=NOW - 200),
+        legacy("@c:x", "C", ts=NOW - DEFAULT_EXPIRE_MS - 1),  # expired
+        legacy("@a:x", "OTHERCALL", call_id="abc"),  # another slot
+        legacy("@z:x", "Z"),  # not joined to the room
+        {**legacy("@b:x", "LEFT"), "content": {}},  # left
+        {**legacy("@b:x", "OLD"), "content": {"memberships": []}},  # old MSC3401 format
+    ]
+    result = members(events)
+    assert [(m.user_id, m.device_id) for m in result] == [("@a:x", "A"), ("@b:x", "B")]
+
+
+def test_expires_is_relative_to_created_ts() -> None:
+    ev = legacy("@a:x", "A", ts=NOW - 10, created_ts=NOW - 3 * 3600_000, expires=3 * 3600_000)
+    assert members([ev]) == []
+    ev["content"]["expires"] = 8 * 3600_000
+    assert len(members([ev])) == 1
+
+
+def test_oldest_membership_focus() -> None:
+    old_focus = {"type": "livekit", "livekit_service_url": "https://old.example"}
+    oldest = legacy("@a:x", "A", ts=NOW - 500, foci_preferred=[old_focus])
+    newer = legacy(
+        "@b:x",
+        "B",
+        ts=NOW - 100,
+        focus_active={"type": "livekit", "focus_selection": "oldest_membership"},
+    )
+    unknown = legacy(
+        "@c:x", "C", ts=NOW - 50, focus_active={"type": "livekit", "focus_selection": "magic"}
+    )
+    ms = members([newer, oldest, unknown])
+    by_user = {m.user_id: m for m in ms}
+    assert transport_of(by_user["@b:x"], ms) == old_focus
+    assert transport_of(by_user["@c:x"], ms) is None
+
+
+def test_sticky_memberships_and_precedence() -> None:
+    st_ev = sticky("@a:x", "A", "uuid-1", ts=NOW - 50)
+    shadowed = {**legacy("@a:x", "A"), "state_key": "uuid-1"}
+    result = members([shadowed, legacy("@b:x", "B", ts=NOW - 10)], [st_ev])
+    assert [(m.kind, m.user_id) for m in result] == [("rtc", "@a:x"), ("legacy", "@b:x")]
+    rtc = result[0]
+    assert rtc.member_id == "uuid-1"
+    assert len(rtc.rtc_backend_identity) == 43
+    assert rtc.call_intent == "audio"
+    assert rtc.absolute_expiry() is None
+
+
+def test_sticky_validation() -> None:
+    bad = [
+        sticky("@a:x", "A", "u", member={"user_id": "@b:x", "device_id": "A", "id": "u"}),
+        sticky("@a:x", "A", "u", slot_id="m.call#ROOM#2"),
+        sticky("@a:x", "A", "u", slot_id="other#ROOM"),
+        sticky("@a:x", "A", "u", versions=[1]),
+        sticky("@a:x", "A", "u", sticky_key="different"),
+        sticky("@a:x", "A", "u", rtc_transports=[{"url": "no type"}]),
+        sticky("@a:x", "A", "u", **{"m.relates_to": {"rel_type": "m.thread", "event_id": "$x"}}),
+    ]
+    for ev in bad:
+        assert members([], [ev]) == [], ev["content"]
+
+
+def test_malformed_legacy_content_is_dropped(caplog) -> None:
+    caplog.set_level("INFO")
+    ev = legacy("@a:x", "A", device_id=5)
+    assert members([ev]) == []
+    assert "ignoring a malformed legacy membership" in caplog.text
+    ev = legacy("@a:x", "A", focus_active={"focus_selection": "multi_sfu"})
+    assert members([ev]) == []
+    ev = legacy("@a:x", "A", expires=True)
+    assert members([ev]) == []
+
+
+# --------------------------------------------------------------------------- properties
+
+
+def _mutations(base: dict) -> st.SearchStrategy[dict]:
+    """The base event with one field anywhere replaced by arbitrary JSON (or removed)."""
+
+    def paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+        out = [prefix] if prefix else []
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                out += paths(v, (*prefix, k))
+        return out
+
+    def apply(path: tuple, value: Any, delete: bool) -> dict:
+        ev = copy.deepcopy(base)
+        target = ev
+        for k in path[:-1]:
+            target = target[k]
+        if delete:
+            target.pop(path[-1], None)
+        else:
+            target[path[-1]] = value
+        return ev
+
+    return st.builds(apply, st.sampled_from(paths(base)), json_values, st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mutations(legacy("@a:x", "A")))
+def test_legacy_parser_never_raises(event: dict) -> None:
+    result = members([event])
+    assert all(m.user_id == "@a:x" for m in result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mutations(sticky("@a:x", "A", "u")))
+def test_sticky_parser_never_raises(event: dict) -> None:
+    result = members([], [event])
+    assert all(m.user_id == "@a:x" for m in result)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_values, max_size=5), st.lists(json_values, max_size=5))
+def test_arbitrary_json_never_raises(state: list, stickies: list) -> None:
+    assert members(state, stickies) == []
+
+
+def test_parse_legacy_rejects_bad_envelopes() -> None:
+    import pytest
+
+    from bot.rtc.membership import _Invalid
+
+    for broken in ({"sender": "nobody"}, {**legacy("@a:x", "A"), "origin_server_ts": "soon"}):
+        with pytest.raises(_Invalid):
+            parse_legacy(broken)
