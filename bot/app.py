@@ -15,6 +15,8 @@ from bot.config import Config
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage
+from bot.rtc.commands import CallCommands
+from bot.rtc.manager import MatrixRTCSessionManager
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,15 @@ class CallBot:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
+        self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
+        self.call_commands = CallCommands(self.rtc)
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
+        self.registry.register(self.call_commands)
         config.check_command_names(self.registry.names())
         self.registry.apply_overrides(config.commands)
         self.allowed = UserPatterns(config.allowed_user_globs)
-        self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.dispatcher = Dispatcher(
             self.registry,
             prefix=config.bot.command_prefix,
@@ -46,8 +51,8 @@ class CallBot:
         self.matrix.on_invite(self._on_invite)
 
     def active_calls(self) -> list[str]:
-        """Rooms whose call the bot is in. Calls arrive with bot.rtc; none yet."""
-        return []
+        """Lines describing the calls the bot is in or sees, for !status."""
+        return self.call_commands.status_lines()
 
     async def start(self) -> None:
         await self.matrix.start()
@@ -57,6 +62,8 @@ class CallBot:
 
     async def stop(self) -> None:
         await self.dispatcher.drain()
+        if self.matrix.started:
+            await self.rtc.stop()
         await self.matrix.stop()
         log.info("stopped")
 

@@ -93,6 +93,44 @@ class LoggingConfig:
     format: Literal["human", "json"] = "human"
 
 
+def _non_negative_int(v: int) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _optional_url(v: str | None) -> str | None:
+    return None if v is None else _http_url(v)
+
+
+def _ws_url(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", v):
+        return f"must be a ws:// or wss:// URL, got {v!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class RtcConfig:
+    """Joining calls (MatrixRTC)."""
+
+    #: Use this MatrixRTC authorization (JWT) service instead of discovering one.
+    livekit_service_url: str | None = _check(_optional_url, default=None)
+    #: Mint LiveKit tokens directly (no JWT service): all three must be set.
+    livekit_url: str | None = _check(_ws_url, default=None)
+    livekit_api_key: str | None = None
+    livekit_api_secret: str | None = field(default=None, repr=False, metadata={"secret": True})
+    #: The delayed leave the homeserver sends if the bot stops restarting it.
+    delayed_leave_ms: int = _check(_positive, default=10_000)
+    #: Notification sent when the bot starts a call: "notification", "ring" or "none".
+    notification_type: Literal["notification", "ring", "none"] = "notification"
+    #: Wait this long after sending a new media key before encrypting with it.
+    use_key_delay_ms: int = _check(_non_negative_int, default=1_000)
+    #: Joiners within this age of our key get the current key instead of a new one.
+    key_rotation_grace_ms: int = _check(_non_negative_int, default=10_000)
+
+    @property
+    def mints_tokens(self) -> bool:
+        return bool(self.livekit_url and self.livekit_api_key and self.livekit_api_secret)
+
+
 @dataclass(frozen=True)
 class CommandConfig:
     """Per-command permission overrides, under ``[commands.<name>]``."""
@@ -106,6 +144,7 @@ class Config:
     matrix: MatrixConfig
     bot: BotConfig
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    rtc: RtcConfig = field(default_factory=RtcConfig)
     commands: dict[str, CommandConfig] = field(default_factory=dict)
 
     @property
@@ -115,7 +154,8 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line."""
-        return [s for s in (self.matrix.password, self.matrix.access_token) if s]
+        values = (self.matrix.password, self.matrix.access_token, self.rtc.livekit_api_secret)
+        return [s for s in values if s]
 
     def check_command_names(self, known: set[str]) -> None:
         """Fail on ``[commands.<name>]`` sections for commands that do not exist."""
@@ -161,6 +201,12 @@ def parse_config(
             "matrix.password: missing value (set matrix.password or matrix.access_token, "
             f"or the environment variable {ENV_PREFIX}MATRIX_PASSWORD)"
         )
+    if cfg is not None:
+        minting = (cfg.rtc.livekit_url, cfg.rtc.livekit_api_key, cfg.rtc.livekit_api_secret)
+        if any(minting) and not all(minting):
+            problems.append(
+                "rtc.livekit_url: livekit_url, livekit_api_key and livekit_api_secret go together"
+            )
     if problems or cfg is None:
         raise ConfigError(problems, source)
     return cfg

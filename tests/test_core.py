@@ -52,7 +52,7 @@ async def test_status() -> None:
     now[0] += 3725.4
     replies: list = []
     await core.status(_ctx(replies))
-    assert replies[0][0] == f"matrix-callbot {__version__}\nUptime: 1h 2m 5s\nCalls: !call:x"
+    assert replies[0][0] == f"matrix-callbot {__version__}\nUptime: 1h 2m 5s\nCalls:\n!call:x"
 
 
 def test_format_duration() -> None:

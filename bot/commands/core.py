@@ -15,6 +15,7 @@ class CoreCommands:
     def __init__(
         self,
         registry: CommandRegistry,
+        #: lines describing the calls (empty: none)
         active_calls: Callable[[], list[str]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -56,11 +57,10 @@ class CoreCommands:
     @command(help="Show the bot's version, uptime and the calls it is in")
     async def status(self, ctx: CommandContext) -> None:
         calls = self.active_calls()
-        call_text = ", ".join(calls) if calls else "none"
         await ctx.reply(
             f"matrix-callbot {__version__}\n"
             f"Uptime: {format_duration(self._clock() - self._started)}\n"
-            f"Calls: {call_text}"
+            + ("Calls:\n" + "\n".join(calls) if calls else "Calls: none")
         )
 
 

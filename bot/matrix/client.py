@@ -31,6 +31,8 @@ SYNC_TIMEOUT_MS = 30_000
 
 MessageHandler = Callable[[IncomingMessage], None]
 InviteHandler = Callable[[str, str], Awaitable[None]]
+SyncHandler = Callable[[nio.SyncResponse], None]
+ToDeviceHandler = Callable[[todevice.DecryptedToDeviceEvent], Awaitable[None]]
 
 
 class MatrixClient:
@@ -43,12 +45,18 @@ class MatrixClient:
         self._on_invite: InviteHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._creators_cache: dict[str, frozenset[str]] = {}
+        self._sync_handlers: list[SyncHandler] = []
+        self._to_device_handlers: list[ToDeviceHandler] = []
 
     @property
     def nio(self) -> nio.AsyncClient:
         if self._nio is None:
             raise MatrixError("not logged in")
         return self._nio
+
+    @property
+    def started(self) -> bool:
+        return self._nio is not None
 
     @property
     def user_id(self) -> str:
@@ -66,6 +74,14 @@ class MatrixClient:
         """Invites of the bot: ``handler(room_id, inviter)``."""
         self._on_invite = handler
 
+    def on_sync(self, handler: SyncHandler) -> None:
+        """Every sync response, after nio has updated its rooms (the first one included)."""
+        self._sync_handlers.append(handler)
+
+    def on_to_device(self, handler: ToDeviceHandler) -> None:
+        """Olm-decrypted to-device events of custom types (see bot.matrix.todevice)."""
+        self._to_device_handlers.append(handler)
+
     async def start(self) -> None:
         """Log in, catch up with one immediate sync, then keep syncing in the background."""
         todevice.install()
@@ -74,10 +90,13 @@ class MatrixClient:
         client.add_event_callback(self._message_cb, nio.RoomMessageText)
         client.add_event_callback(self._invite_cb, nio.InviteMemberEvent)
         client.add_event_callback(self._undecryptable_cb, nio.MegolmEvent)
+        client.add_to_device_callback(self._to_device_cb, todevice.DecryptedToDeviceEvent)
+        client.add_response_callback(self._sync_cb, nio.SyncResponse)
         resp = await client.sync(timeout=0, full_state=True)
         if not isinstance(resp, nio.SyncResponse):
             await client.close()
             raise MatrixError(f"first sync failed: {resp}")
+        await self._sync_cb(resp)  # nio runs response callbacks only inside sync_forever
         self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
 
     async def _sync_forever(self) -> None:
@@ -127,13 +146,24 @@ class MatrixClient:
             return
         self._spawn(self._on_invite(room.room_id, event.sender), room.room_id)
 
+    async def _sync_cb(self, response: nio.SyncResponse) -> None:
+        for handler in self._sync_handlers:
+            try:
+                handler(response)
+            except Exception:
+                log.exception("sync handler failed")
+
+    async def _to_device_cb(self, event: todevice.DecryptedToDeviceEvent) -> None:
+        for handler in self._to_device_handlers:
+            self._spawn(handler(event), None)
+
     async def _undecryptable_cb(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
         log.warning(
             "could not decrypt an event (missing room key)",
             extra=context(room=room.room_id, user=event.sender),
         )
 
-    def _spawn(self, coro: Awaitable[None], room_id: str) -> None:
+    def _spawn(self, coro: Awaitable[None], room_id: str | None) -> None:
         async def guarded() -> None:
             try:
                 await coro

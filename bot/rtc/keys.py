@@ -125,11 +125,15 @@ Participant = tuple[str, str, int]
 
 @dataclass(frozen=True)
 class Distribution:
-    """Send ``key`` to ``targets``; ``rotated`` means it is a new key (use it after a delay)."""
+    """Send ``key`` to ``targets``.
+
+    ``first``: our first key, used at once; ``rotated``: a new key, used after a delay.
+    """
 
     key: MediaKey
     targets: frozenset[Participant]
     rotated: bool
+    first: bool = False
 
 
 class OwnKey:
@@ -154,7 +158,7 @@ class OwnKey:
         if self.current is None:
             self._new_key(0)
             self._shared_with = now_set
-            return Distribution(self.current, now_set, rotated=False)  # first key: use at once
+            return Distribution(self.current, now_set, rotated=False, first=True)
         left = self._shared_with - now_set
         joined = now_set - self._shared_with
         self._shared_with = now_set

@@ -1,0 +1,126 @@
+"""All rooms' calls, mirroring matrix-js-sdk's ``MatrixRTCSessionManager``.
+
+Watches every sync for call membership state and room membership changes, keeps one
+``MatrixRTCSession`` per room, routes media key to-device events to the right session, and
+announces when a call starts (first member) or ends (last member leaves) in a room.
+
+Media keys are accepted only from Olm-decrypted events whose claimed device is backed by
+that device's published keys (``todevice.check_sender_device``), and only for current
+members (the session checks that).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nio
+
+from bot.config import RtcConfig
+from bot.log import context
+from bot.matrix import todevice
+from bot.matrix.client import MatrixClient
+from bot.rtc.keys import KEYS_EVENT_TYPE
+from bot.rtc.membership import LEGACY_TYPES
+from bot.rtc.session import MatrixRTCSession, MembershipsChanged
+from bot.signals import Signal
+
+log = logging.getLogger(__name__)
+
+
+class MatrixRTCSessionManager:
+    def __init__(self, matrix: MatrixClient, cfg: RtcConfig) -> None:
+        self.matrix = matrix
+        self.cfg = cfg
+        self._sessions: dict[str, MatrixRTCSession] = {}
+        #: per room: call membership state events by (type, state_key)
+        self._state: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        self.session_started: Signal[MatrixRTCSession] = Signal("session_started")
+        self.session_ended: Signal[MatrixRTCSession] = Signal("session_ended")
+        matrix.on_sync(self._on_sync)
+        matrix.on_to_device(self._on_to_device)
+
+    def get_room_session(self, room_id: str) -> MatrixRTCSession:
+        """The room's session (created on first use, so a call can be started)."""
+        session = self._sessions.get(room_id)
+        if session is None:
+            session = MatrixRTCSession(
+                self.matrix.nio, room_id, self.cfg, power_level_of=self.matrix.power_level
+            )
+            session.memberships_changed.connect(lambda change, s=session: self._announce(s, change))
+            self._sessions[room_id] = session
+            self._update(room_id)
+        return session
+
+    def active_sessions(self) -> list[MatrixRTCSession]:
+        """Sessions of rooms with a call going on."""
+        return [s for s in self._sessions.values() if s.memberships]
+
+    def joined_sessions(self) -> list[MatrixRTCSession]:
+        return [s for s in self._sessions.values() if s.is_joined]
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Leave every call the bot is in."""
+        for session in self.joined_sessions():
+            await session.leave(timeout_s)
+        for session in self._sessions.values():
+            await session.close()
+
+    def _announce(self, session: MatrixRTCSession, change: MembershipsChanged) -> None:
+        if change.new and not change.old:
+            log.info("a call started", extra=context(room=session.room_id))
+            self.session_started.emit(session)
+        elif change.old and not change.new:
+            log.info("a call ended", extra=context(room=session.room_id))
+            self.session_ended.emit(session)
+
+    # ------------------------------------------------------------------ sync
+
+    def _on_sync(self, response: nio.SyncResponse) -> None:
+        for room_id, info in response.rooms.join.items():
+            relevant = False
+            for event in [*info.state, *info.timeline.events]:
+                source = getattr(event, "source", None) or {}
+                event_type, state_key = source.get("type"), source.get("state_key")
+                if event_type in LEGACY_TYPES and isinstance(state_key, str):
+                    self._state.setdefault(room_id, {})[(event_type, state_key)] = source
+                    relevant = True
+                elif isinstance(event, nio.RoomMemberEvent):
+                    relevant = True
+            if relevant:
+                self._update(room_id)
+        for room_id in response.rooms.leave:
+            self._state.pop(room_id, None)
+            if room_id in self._sessions:
+                self._update(room_id)
+
+    def _update(self, room_id: str) -> None:
+        state = self._state.get(room_id, {})
+        if room_id not in self._sessions:
+            if not state:
+                return
+            self.get_room_session(room_id)  # a call we have not seen: track it (calls _update)
+            return
+        room = self.matrix.nio.rooms.get(room_id)
+        joined = frozenset(
+            uid for uid, user in (room.users.items() if room else ()) if not user.invited
+        )
+        self._sessions[room_id].update_room(state, joined)
+
+    # ------------------------------------------------------------------ keys
+
+    async def _on_to_device(self, event: todevice.DecryptedToDeviceEvent) -> None:
+        if event.type != KEYS_EVENT_TYPE:
+            return
+        room_id = event.content.get("room_id")
+        session = self._sessions.get(room_id) if isinstance(room_id, str) else None
+        ctx = context(room=room_id if isinstance(room_id, str) else None, user=event.sender)
+        if session is None:
+            log.info("ignoring a media key for a room without a call", extra=ctx)
+            return
+        if not await todevice.check_sender_device(self.matrix.nio, event):
+            log.warning(
+                "ignoring a media key whose sender device does not match its keys", extra=ctx
+            )
+            return
+        session.handle_key_event(event)

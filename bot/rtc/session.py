@@ -1,0 +1,355 @@
+"""One room's call, mirroring matrix-js-sdk's ``MatrixRTCSession``.
+
+Holds the member list, our membership (through ``MembershipManager``) and the media keys
+(ours and the members'), and announces changes through typed signals. The manager feeds it
+room state and decrypted key events; it talks to the homeserver through nio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nio
+
+from bot.config import RtcConfig
+from bot.log import context
+from bot.matrix import todevice
+from bot.rtc.focus import RtcError, SfuAccess, discover_transport, sfu_access
+from bot.rtc.identity import legacy_identity
+from bot.rtc.keys import (
+    KEYS_EVENT_TYPE,
+    Distribution,
+    MediaKey,
+    OwnKey,
+    ReceivedKey,
+    ReceivedKeys,
+    encode_key_content,
+    parse_key_content,
+)
+from bot.rtc.membership import (
+    DEFAULT_SLOT_ID,
+    LEGACY_TYPE,
+    CallMembership,
+    active_memberships,
+    transport_of,
+)
+from bot.rtc.membership_manager import MembershipManager
+from bot.signals import Signal
+
+log = logging.getLogger(__name__)
+
+NOTIFICATION_TYPE = "org.matrix.msc4075.rtc.notification"
+NOTIFICATION_LIFETIME_MS = 30_000
+
+
+@dataclass(frozen=True)
+class MembershipsChanged:
+    old: list[CallMembership]
+    new: list[CallMembership]
+
+
+@dataclass(frozen=True)
+class EncryptionKeyChanged:
+    """A media key to install: under ``identity`` (the LiveKit participant), at ``key.index``."""
+
+    key: MediaKey
+    identity: str
+    membership: CallMembership | None  # None for our own key
+    own: bool
+
+
+@dataclass(frozen=True)
+class JoinStateChanged:
+    joined: bool
+
+
+class MatrixRTCSession:
+    def __init__(
+        self,
+        client: nio.AsyncClient,
+        room_id: str,
+        cfg: RtcConfig,
+        *,
+        power_level_of: Callable[[str, str], Awaitable[int]],
+        slot_id: str = DEFAULT_SLOT_ID,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self._power_level_of = power_level_of
+        self.room_id = room_id
+        self.slot_id = slot_id
+        self.cfg = cfg
+        self._clock = clock
+        self.memberships: list[CallMembership] = []
+        self.sfu: SfuAccess | None = None
+        self.memberships_changed: Signal[MembershipsChanged] = Signal("memberships_changed")
+        self.join_state_changed: Signal[JoinStateChanged] = Signal("join_state_changed")
+        self.encryption_key_changed: Signal[EncryptionKeyChanged] = Signal("encryption_key_changed")
+        self.membership_manager_error: Signal[Exception] = Signal("membership_manager_error")
+        self.call_notification_sent: Signal[dict[str, Any]] = Signal("call_notification_sent")
+        self._manager = MembershipManager(client, room_id, cfg, self.membership_manager_error.emit)
+        self._own_key = OwnKey(grace_ms=cfg.key_rotation_grace_ms)
+        self._received = ReceivedKeys()
+        self._distributing = asyncio.Lock()
+        self._redistribute = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._state_events: Mapping[Any, Mapping[str, Any]] = {}
+        self._joined_users: frozenset[str] = frozenset()
+        self._ctx = context(room=room_id)
+
+    # ------------------------------------------------------------------ members
+
+    @property
+    def is_joined(self) -> bool:
+        return self._manager.joined
+
+    @property
+    def own_identity(self) -> str:
+        return legacy_identity(self.client.user_id, self.client.device_id)
+
+    @property
+    def own_key(self) -> MediaKey | None:
+        return self._own_key.current
+
+    def has_key_from(self, m: CallMembership) -> bool:
+        return self._received.has_key_from(m.user_id, m.device_id)
+
+    def update_room(
+        self, state_events: Mapping[Any, Mapping[str, Any]], joined_users: frozenset[str]
+    ) -> None:
+        """New room state (call member events by (type, state_key), joined users)."""
+        self._state_events = state_events
+        self._joined_users = joined_users
+        self.recalculate()
+
+    def recalculate(self) -> None:
+        """Recompute the member list (js recalculateSessionMembers) and act on changes."""
+        now_ms = int(self._clock() * 1000)
+        old = self.memberships
+        new = active_memberships(
+            state_events=list(self._state_events.values()),
+            joined_users=self._joined_users,
+            slot_id=self.slot_id,
+            now_ms=now_ms,
+            room_id=self.room_id,
+        )
+        self.memberships = new
+        self._set_expiry_timer(new, now_ms)
+        me = (self.client.user_id, self.client.device_id)
+        self._manager.own_membership(next((m for m in new if m.device_key == me), None))
+        if [m.event_id for m in old] != [m.event_id for m in new]:
+            self.memberships_changed.emit(MembershipsChanged(old, new))
+        self._apply_pending_keys()
+        if self.is_joined:
+            self._spawn(self._distribute_keys())  # evaluated on every recalculation, like js
+
+    def _set_expiry_timer(self, members: list[CallMembership], now_ms: int) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        expiries = [e for m in members if (e := m.absolute_expiry()) is not None]
+        if expiries:
+            delay_s = max(0.0, (min(expiries) - now_ms) / 1000) + 0.01
+            self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self.recalculate)
+
+    # ------------------------------------------------------------------ join / leave
+
+    async def join(self, transport: dict[str, Any] | None = None) -> SfuAccess:
+        """Join the call: focus, SFU token, membership, keys. RtcError explains any refusal."""
+        if self.is_joined and self.sfu is not None:
+            return self.sfu
+        await self._check_power_level()
+        if transport is None:
+            transport = self.active_transport() or await discover_transport(self.client, self.cfg)
+        self.sfu = await sfu_access(self.client, self.cfg, transport, self.room_id)
+        first = not self.memberships
+        event_id = await self._manager.join(transport)
+        self.join_state_changed.emit(JoinStateChanged(True))
+        log.info("joined the call", extra=self._ctx)
+        if first and self.cfg.notification_type != "none":
+            self._spawn(self._send_notification(event_id))
+        self._spawn(self._distribute_keys())
+        return self.sfu
+
+    def active_transport(self) -> dict[str, Any] | None:
+        """The SFU of the call's oldest member (what the bot follows when joining)."""
+        if not self.memberships:
+            return None
+        t = transport_of(self.memberships[0], self.memberships)
+        return dict(t) if t is not None else None
+
+    async def _check_power_level(self) -> None:
+        room = self.client.rooms.get(self.room_id)
+        if room is None:
+            raise RtcError("I am not in this room.")
+        needed = room.power_levels.get_state_event_required_level(LEGACY_TYPE)
+        mine = await self._power_level_of(self.room_id, self.client.user_id)
+        if mine < needed:
+            raise RtcError(
+                f"I cannot join the call: sending {LEGACY_TYPE} here needs power level {needed} "
+                f"and I have {mine}. A room admin can fix this by allowing everyone to join calls "
+                '(Element: Room settings → Roles & Permissions → "Join Element calls" → '
+                f"Default), or by raising my power level to {needed}."
+            )
+
+    async def leave(self, timeout_s: float = 1.0) -> bool:
+        """Leave the call; False if the leave did not reach the homeserver within the timeout."""
+        was_joined = self.is_joined
+        ok = await self._manager.leave(timeout_s)
+        self._own_key.reset()
+        self._received.clear()
+        self.sfu = None
+        if was_joined:
+            self.join_state_changed.emit(JoinStateChanged(False))
+            log.info("left the call", extra=self._ctx)
+        return ok
+
+    async def _send_notification(self, membership_event_id: str) -> None:
+        content = {
+            "m.mentions": {"user_ids": [], "room": True},
+            "notification_type": self.cfg.notification_type,
+            "m.relates_to": {"rel_type": "m.reference", "event_id": membership_event_id},
+            "sender_ts": int(self._clock() * 1000),
+            "lifetime": NOTIFICATION_LIFETIME_MS,
+            "m.call.intent": "audio",
+        }
+        resp = await self.client.room_send(
+            self.room_id, NOTIFICATION_TYPE, content, ignore_unverified_devices=True
+        )
+        if isinstance(resp, nio.RoomSendError):
+            log.warning("could not send the call notification: %s", resp.message, extra=self._ctx)
+            return
+        self.call_notification_sent.emit(content)
+
+    # ------------------------------------------------------------------ keys
+
+    async def _distribute_keys(self) -> None:
+        """Send or rotate our key (serialised; requests during a run merge into one more)."""
+        if self._distributing.locked():
+            self._redistribute = True
+            return
+        async with self._distributing:
+            self._redistribute = True
+            while self._redistribute and self.is_joined:
+                self._redistribute = False
+                me = (self.client.user_id, self.client.device_id)
+                others = [
+                    (m.user_id, m.device_id, m.created_ts)
+                    for m in self.memberships
+                    if m.device_key != me
+                ]
+                plan = self._own_key.plan(others)
+                if plan is not None:
+                    await self._send_key(plan)
+
+    async def _send_key(self, plan: Distribution) -> None:
+        if plan.first:
+            self._emit_own_key(plan.key)  # js installs the first key at once
+        content = encode_key_content(
+            self.room_id,
+            plan.key,
+            self.client.device_id,
+            f"{self.client.user_id}:{self.client.device_id}",
+            int(self._clock() * 1000),
+        )
+        results = await asyncio.gather(
+            *(
+                todevice.send_encrypted(self.client, u, d, KEYS_EVENT_TYPE, content)
+                for u, d, _ in plan.targets
+            ),
+            return_exceptions=True,
+        )
+        for (user, device, _), result in zip(plan.targets, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning(
+                    "could not send our media key to %s/%s: %s",
+                    user,
+                    device,
+                    result,
+                    extra=self._ctx,
+                )
+        log.info(
+            "sent media key index %d to %d devices%s",
+            plan.key.index,
+            len(plan.targets),
+            " (new key)" if plan.rotated else "",
+            extra=self._ctx,
+        )
+        if plan.rotated:
+            await asyncio.sleep(self.cfg.use_key_delay_ms / 1000)
+            if self.is_joined and self._own_key.current == plan.key:
+                self._emit_own_key(plan.key)
+
+    def _emit_own_key(self, key: MediaKey) -> None:
+        self.encryption_key_changed.emit(EncryptionKeyChanged(key, self.own_identity, None, True))
+
+    def handle_key_event(self, event: todevice.DecryptedToDeviceEvent) -> None:
+        """A decrypted key event whose sender device the caller has checked."""
+        received = parse_key_content(event.content, event.sender, self.room_id, time.monotonic())
+        if received is None:
+            return
+        if received.device_id != event.sender_device:
+            log.warning(
+                "ignoring a media key whose claimed device is not the Olm sender's",
+                extra=context(room=self.room_id, user=event.sender),
+            )
+            return
+        if self._received.is_stale(received):
+            log.info(
+                "ignoring an out-of-date media key",
+                extra=context(room=self.room_id, user=event.sender),
+            )
+            return
+        member = self._member_for(received)
+        if member is None:
+            self._received.hold(received)  # the membership may not have synced yet
+            return
+        self._apply_key(received, member)
+
+    def _member_for(self, k: ReceivedKey) -> CallMembership | None:
+        return next((m for m in self.memberships if m.device_key == (k.user_id, k.device_id)), None)
+
+    def _apply_key(self, k: ReceivedKey, member: CallMembership) -> None:
+        self._received.applied(k)
+        log.info(
+            "received media key index %d",
+            k.key.index,
+            extra=context(room=self.room_id, user=k.user_id),
+        )
+        self.encryption_key_changed.emit(
+            EncryptionKeyChanged(k.key, member.rtc_backend_identity, member, False)
+        )
+
+    def _apply_pending_keys(self) -> None:
+        devices = {m.device_key for m in self.memberships}
+        for k in self._received.take_pending(devices):
+            member = self._member_for(k)
+            if member is not None:
+                self._apply_key(k, member)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Any) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception as e:
+                log.exception("call task failed", extra=self._ctx)
+                self.membership_manager_error.emit(e)
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

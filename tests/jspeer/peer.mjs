@@ -1,0 +1,369 @@
+// Reference MatrixRTC peer for interop tests: the real matrix-js-sdk MatrixRTCSession, as
+// Element Call drives it in its default "compatibility" mode (legacy
+// org.matrix.msc3401.call.member state events, multi_sfu, to-device media keys).
+//
+// Usage: HS_URL=... USER_ID=... PASSWORD=... [DEVICE_NAME=...] [JSPEER_LOG_LEVEL=warn] node peer.mjs
+//
+// Protocol: stdout carries only JSON lines. First {"event":"ready",...}; then replies
+// {"reply":<id>,"ok":true,...} / {"reply":<id>,"ok":false,"error":"..."} to the JSON-line
+// commands read from stdin, and events {"event":...}: memberships, key, notification_sent,
+// log, error. Commands: create_room, join_room, invite, rtc_join, rtc_leave, memberships,
+// state_events, send_text, stop (see `commands` below).
+// All js-sdk logging goes to stderr. EOF on stdin stops the peer like {"cmd":"stop"}.
+
+import { randomUUID } from "node:crypto";
+import { createInterface } from "node:readline";
+import { format } from "node:util";
+
+// --- stdout is the JSON channel: route every console method to stderr first ----------------
+
+const LEVELS = { trace: 0, debug: 1, info: 2, warn: 3, error: 4, silent: 5 };
+const logLevel = LEVELS[(process.env.JSPEER_LOG_LEVEL ?? "warn").toLowerCase()] ?? LEVELS.warn;
+const toStderr =
+    (level) =>
+    (...args) => {
+        if (LEVELS[level] >= logLevel) process.stderr.write(`[${level}] ${format(...args)}\n`);
+    };
+// js-sdk's loglevel method factory looks `console[method]` up on every call, and its child
+// loggers are all pinned at DEBUG, so filtering here is what sets the effective level.
+globalThis.console = {
+    ...globalThis.console,
+    trace: toStderr("trace"),
+    debug: toStderr("debug"),
+    log: toStderr("info"),
+    info: toStderr("info"),
+    warn: toStderr("warn"),
+    error: toStderr("error"),
+};
+
+function emit(obj) {
+    process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+function log(level, msg) {
+    emit({ event: "log", level, msg });
+}
+
+process.on("uncaughtException", (err) => {
+    process.stderr.write(`uncaught exception: ${err?.stack ?? err}\n`);
+    emit({ event: "error", msg: `uncaught exception: ${err?.message ?? err}` });
+});
+process.on("unhandledRejection", (err) => {
+    process.stderr.write(`unhandled rejection: ${err?.stack ?? err}\n`);
+    emit({ event: "error", msg: `unhandled rejection: ${err?.message ?? err}` });
+});
+
+// Imported after the console swap so nothing the SDK does at load time reaches stdout.
+const sdk = await import("matrix-js-sdk");
+const rtc = await import("matrix-js-sdk/lib/matrixrtc/index.js");
+const { ClientEvent, EventTimeline, EventType, KnownMembership, Preset, SyncState, createClient } = sdk;
+const { MatrixRTCSessionEvent, MatrixRTCSessionManagerEvents } = rtc;
+
+// Element Call's defaults (EC src/config/ConfigOptions.ts, LocalMember.ts enterRTCSession)
+const EC_JOIN_CONFIG = {
+    manageMediaKeys: true,
+    delayedLeaveEventDelayMs: 10_000,
+    delayedLeaveEventRestartMs: 5_000,
+    networkErrorRetryMs: 1_000,
+    // ceil(min(sync_disconnect_grace_period_ms 10000, delay 10000) / 1000) + 1
+    maximumNetworkErrorRetryCount: 11,
+    unstableSendStickyEvents: false,
+};
+
+const WAIT_MS = 30_000;
+
+function env(name) {
+    const value = process.env[name];
+    if (!value) throw new Error(`environment variable ${name} is required`);
+    return value;
+}
+
+function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function waitFor(pred, what, timeoutMs = WAIT_MS) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+        const value = pred();
+        if (value) return value;
+        if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+        await sleep(25);
+    }
+}
+
+// --- login, crypto, first sync ---------------------------------------------------------------
+
+const baseUrl = env("HS_URL");
+const userId = env("USER_ID");
+const password = env("PASSWORD");
+const deviceName = process.env.DEVICE_NAME ?? "jspeer";
+
+const loginClient = createClient({ baseUrl });
+const loginResp = await loginClient.loginRequest({
+    type: "m.login.password",
+    identifier: { type: "m.id.user", user: userId },
+    password,
+    initial_device_display_name: deviceName,
+});
+
+const client = createClient({
+    baseUrl,
+    accessToken: loginResp.access_token,
+    userId: loginResp.user_id,
+    deviceId: loginResp.device_id,
+});
+// In-memory Rust crypto (no IndexedDB in Node): a fresh device per run.
+await client.initRustCrypto({ useIndexedDB: false });
+
+const prepared = new Promise((resolve, reject) => {
+    const onSync = (state, _prev, data) => {
+        if (state === SyncState.Prepared) {
+            client.off(ClientEvent.Sync, onSync);
+            resolve();
+        } else if (state === SyncState.Error && !client.isInitialSyncComplete()) {
+            client.off(ClientEvent.Sync, onSync);
+            reject(data?.error ?? new Error("initial sync failed"));
+        }
+    };
+    client.on(ClientEvent.Sync, onSync);
+});
+await client.startClient({ initialSyncLimit: 20 });
+await prepared;
+// startClient starts client.matrixRTC (the MatrixRTCSessionManager) once the initial sync is
+// complete, from a ClientEvent.Sync listener registered before ours; make sure anyway.
+await waitFor(() => client.isInitialSyncComplete(), "initial sync");
+
+const myUserId = client.getUserId();
+const myDeviceId = client.getDeviceId();
+
+// --- session observation ---------------------------------------------------------------------
+
+function describe(session) {
+    const oldest = session.getOldestMembership();
+    return session.memberships.map((m) => ({
+        user_id: m.userId,
+        device_id: m.deviceId,
+        member_id: m.memberId,
+        created_ts: m.createdTs(),
+        rtc_backend_identity: m.rtcBackendIdentity,
+        transport: (oldest && m.getTransport(oldest)) ?? null,
+        call_intent: m.callIntent ?? null,
+        event_id: m.eventId,
+    }));
+}
+
+function emitMemberships(roomId, session) {
+    emit({ event: "memberships", room_id: roomId, members: describe(session) });
+}
+
+const observed = new WeakSet();
+
+function observe(roomId, session) {
+    if (observed.has(session)) return;
+    observed.add(session);
+    session.on(MatrixRTCSessionEvent.MembershipsChanged, () => emitMemberships(roomId, session));
+    session.on(MatrixRTCSessionEvent.EncryptionKeyChanged, (key, index, membership, identity) => {
+        emit({
+            event: "key",
+            room_id: roomId,
+            user_id: membership.userId,
+            device_id: membership.deviceId,
+            member_id: membership.memberId,
+            index,
+            key: Buffer.from(key).toString("base64"),
+            identity,
+            own: membership.userId === myUserId && membership.deviceId === myDeviceId,
+        });
+    });
+    session.on(MatrixRTCSessionEvent.MembershipManagerError, (error) => {
+        emit({ event: "error", msg: `membership manager error in ${roomId}: ${error?.message ?? error}` });
+    });
+    session.on(MatrixRTCSessionEvent.DidSendCallNotification, (content) => {
+        emit({ event: "notification_sent", room_id: roomId, content });
+    });
+    // The session may have computed members before we attached (SessionStarted comes after).
+    emitMemberships(roomId, session);
+}
+
+client.matrixRTC.on(MatrixRTCSessionManagerEvents.SessionStarted, (roomId, session) => {
+    observe(roomId, session);
+});
+client.matrixRTC.on(MatrixRTCSessionManagerEvents.SessionEnded, (roomId, session) => {
+    emitMemberships(roomId, session);
+});
+
+function getRoom(roomId) {
+    const room = client.getRoom(roomId);
+    if (!room) throw new Error(`room ${roomId} is not known to the client`);
+    return room;
+}
+
+function sessionFor(roomId) {
+    const session = client.matrixRTC.getRoomSession(getRoom(roomId));
+    observe(roomId, session);
+    return session;
+}
+
+function isJoined(roomId) {
+    return client.getRoom(roomId)?.getMyMembership() === KnownMembership.Join;
+}
+
+// --- commands --------------------------------------------------------------------------------
+
+const commands = {
+    async create_room({ invite = [], encrypted = true, name }) {
+        const initial_state = [];
+        if (encrypted) {
+            initial_state.push({
+                type: EventType.RoomEncryption,
+                state_key: "",
+                content: { algorithm: "m.megolm.v1.aes-sha2" },
+            });
+        }
+        const { room_id } = await client.createRoom({
+            preset: Preset.PrivateChat,
+            invite,
+            name,
+            initial_state,
+            // Synapse replaces whole top-level keys, so restate its default event levels too.
+            power_level_content_override: {
+                events: {
+                    "m.room.name": 50,
+                    "m.room.power_levels": 100,
+                    "m.room.history_visibility": 100,
+                    "m.room.canonical_alias": 50,
+                    "m.room.avatar": 50,
+                    "m.room.tombstone": 100,
+                    "m.room.server_acl": 100,
+                    "m.room.encryption": 100,
+                    [EventType.GroupCallMemberPrefix]: 0, // org.matrix.msc3401.call.member
+                    "m.call.member": 0,
+                },
+            },
+        });
+        await waitFor(() => isJoined(room_id), `room ${room_id} in sync`);
+        return { room_id };
+    },
+
+    async join_room({ room_id }) {
+        await client.joinRoom(room_id);
+        await waitFor(() => isJoined(room_id), `room ${room_id} in sync`);
+        return { room_id };
+    },
+
+    async invite({ room_id, user_id }) {
+        await client.invite(room_id, user_id);
+        return {};
+    },
+
+    async rtc_join({ room_id, foci, notification_type, call_intent = "audio", member_id, config }) {
+        if (!Array.isArray(foci) || foci.length === 0) throw new Error("foci must be a non-empty list");
+        const session = sessionFor(room_id);
+        await session.initialMembershipCalculated;
+        // EC compatibility mode: the own transport, with livekit_alias for old clients, goes in as
+        // the multi-SFU focus (-> focus_active multi_sfu, foci_preferred [transport]); EC passes
+        // no further preferred foci. memberId is a fresh UUID per join, as in EC.
+        const [own, ...rest] = foci;
+        const transport = own.type === "livekit" ? { livekit_alias: room_id, ...own } : own;
+        const memberId = member_id ?? randomUUID();
+        session.joinRTCSession({ userId: myUserId, deviceId: myDeviceId, memberId }, rest, transport, {
+            ...EC_JOIN_CONFIG,
+            notificationType: notification_type,
+            callIntent: call_intent ?? undefined,
+            ...config,
+        });
+        await waitFor(
+            () => session.memberships.some((m) => m.userId === myUserId && m.deviceId === myDeviceId),
+            "own membership to come back through sync",
+        );
+        emitMemberships(room_id, session);
+        return {
+            member_id: memberId,
+            status: session.membershipStatus ?? null,
+            delay_id: session.delayId ?? null,
+            members: describe(session),
+        };
+    },
+
+    async rtc_leave({ room_id, timeout_ms = 10_000 }) {
+        const session = sessionFor(room_id);
+        const left = await session.leaveRoomSession(timeout_ms);
+        return { left };
+    },
+
+    async memberships({ room_id }) {
+        const session = sessionFor(room_id);
+        return { members: describe(session), joined: session.isJoined() };
+    },
+
+    // Raw state events of one type (default: the legacy call member events), as this client sees them.
+    async state_events({ room_id, type = EventType.GroupCallMemberPrefix }) {
+        const state = getRoom(room_id).getLiveTimeline().getState(EventTimeline.FORWARDS);
+        const events = (state?.getStateEvents(type) ?? []).map((ev) => ({
+            state_key: ev.getStateKey(),
+            sender: ev.getSender(),
+            event_id: ev.getId(),
+            origin_server_ts: ev.getTs(),
+            content: ev.getContent(),
+        }));
+        return { events };
+    },
+
+    async send_text({ room_id, body }) {
+        const { event_id } = await client.sendTextMessage(room_id, body);
+        return { event_id };
+    },
+
+    async stop({ leave = true }) {
+        await shutdown(leave);
+        return {};
+    },
+};
+
+let stopping = false;
+
+async function shutdown(leave) {
+    if (stopping) return;
+    stopping = true;
+    if (leave) {
+        const leaves = client
+            .getRooms()
+            .map((room) => client.matrixRTC.getActiveRoomSession(room))
+            .filter((session) => session?.isJoined())
+            .map((session) => session.leaveRoomSession(5_000).catch(() => false));
+        await Promise.all(leaves);
+    }
+    client.stopClient();
+}
+
+async function handle(line) {
+    let msg;
+    try {
+        msg = JSON.parse(line);
+    } catch (err) {
+        emit({ event: "error", msg: `bad command line ${JSON.stringify(line)}: ${err.message}` });
+        return;
+    }
+    const { id, cmd, ...args } = msg;
+    try {
+        const fn = Object.hasOwn(commands, cmd) ? commands[cmd] : undefined;
+        if (!fn) throw new Error(`unknown command ${JSON.stringify(cmd)}`);
+        const result = await fn(args);
+        emit({ reply: id, ok: true, ...result });
+        if (cmd === "stop") process.exit(0);
+    } catch (err) {
+        process.stderr.write(`command ${cmd} failed: ${err?.stack ?? err}\n`);
+        emit({ reply: id, ok: false, error: String(err?.message ?? err) });
+    }
+}
+
+const rl = createInterface({ input: process.stdin });
+rl.on("line", (line) => {
+    if (line.trim()) void handle(line);
+});
+rl.on("close", () => {
+    void shutdown(true).finally(() => process.exit(0));
+});
+
+emit({ event: "ready", user_id: myUserId, device_id: myDeviceId });
