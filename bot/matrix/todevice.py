@@ -109,14 +109,27 @@ def install() -> None:
 
 
 def _keys_match(olm: Olm, event: DecryptedToDeviceEvent) -> bool:
-    if event.sender_device is None or event.claimed_ed25519 is None:
+    """Check the claimed device against its published keys.
+
+    nio puts ``sender_device`` in its payloads; the Rust crypto of matrix-js-sdk and Element
+    does not, so without a claim the device is the one whose curve25519 key is the Olm
+    session's (and ``sender_device`` is filled in from it).
+    """
+    if event.claimed_ed25519 is None:
         return False
-    device = olm.device_store[event.sender].get(event.sender_device)
-    return bool(
+    devices = olm.device_store[event.sender]
+    if event.sender_device is not None:
+        device = devices.get(event.sender_device)
+    else:
+        device = next((d for d in devices.values() if d.curve25519 == event.sender_key), None)
+    match = bool(
         device is not None
         and device.curve25519 == event.sender_key
         and device.ed25519 == event.claimed_ed25519
     )
+    if match and event.sender_device is None:
+        event.sender_device = device.id
+    return match
 
 
 async def check_sender_device(client: nio.AsyncClient, event: DecryptedToDeviceEvent) -> bool:
@@ -127,8 +140,9 @@ async def check_sender_device(client: nio.AsyncClient, event: DecryptedToDeviceE
     olm = client.olm
     if olm is None:
         raise MatrixError("encryption is not set up on this client")
-    if not event.keys_match and event.sender_device is not None:
-        if event.sender_device not in olm.device_store[event.sender]:
+    if not event.keys_match:
+        known = olm.device_store[event.sender]
+        if event.sender_device not in known or event.sender_device is None:
             olm.users_for_key_query.add(event.sender)
             await client.keys_query()
         event.keys_match = _keys_match(olm, event)
