@@ -41,9 +41,9 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
     text = (REPO / "config.toml.example").read_text()
     import dataclasses
 
-    from bot.config import BotConfig, CommandConfig, LoggingConfig, MatrixConfig
+    from bot.config import BotConfig, CommandConfig, LoggingConfig, MatrixConfig, RtcConfig
 
-    for section in (MatrixConfig, BotConfig, LoggingConfig, CommandConfig):
+    for section in (MatrixConfig, BotConfig, LoggingConfig, RtcConfig, CommandConfig):
         for f in dataclasses.fields(section):
             assert f.name in text, f"{section.__name__}.{f.name} is not in config.toml.example"
 
@@ -146,6 +146,25 @@ def test_command_overrides() -> None:
     with pytest.raises(ConfigError) as info:
         cfg.check_command_names({"status", "help"})
     assert info.value.problems == ["commands.statsu: unknown command (did you mean 'status'?)"]
+
+
+def test_rtc_section() -> None:
+    cfg = _parse(GOOD)
+    assert cfg.rtc.delayed_leave_ms == 10_000 and not cfg.rtc.mints_tokens
+    problems = _problems(
+        {**GOOD, "rtc": {"livekit_url": "wss://lk.example", "delayed_leave_ms": 0}}
+    )
+    assert "rtc.delayed_leave_ms: must be greater than 0" in problems
+    assert any(p.startswith("rtc.livekit_url: livekit_url, livekit_api_key") for p in problems)
+    cfg = _parse(
+        {**GOOD, "rtc": {"livekit_url": "wss://lk.example", "livekit_api_key": "k"}},
+        {"CALLBOT_RTC_LIVEKIT_API_SECRET": "s3cret-value"},
+    )
+    assert cfg.rtc.mints_tokens and "s3cret-value" in cfg.secrets()
+    assert "s3cret-value" not in repr(cfg)
+    assert _problems({**GOOD, "rtc": {"livekit_url": "https://x"}})[0].startswith(
+        "rtc.livekit_url: must be a ws:// or wss:// URL"
+    )
 
 
 def test_file_errors(tmp_path: Path) -> None:
