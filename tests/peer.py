@@ -34,6 +34,8 @@ class Peer:
             config=nio.AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
         )
         self.messages: list[tuple[str, nio.RoomMessage]] = []
+        #: every room event as (room_id, source dict after decryption)
+        self.timeline: list[tuple[str, dict[str, Any]]] = []
         self.to_device: list[nio.ToDeviceEvent] = []
         self._sync: asyncio.Task[None] | None = None
 
@@ -50,10 +52,17 @@ class Peer:
         async def on_message(room: nio.MatrixRoom, event: nio.RoomMessage) -> None:
             self.messages.append((room.room_id, event))
 
+        async def on_event(room: nio.MatrixRoom, event: nio.Event) -> None:
+            source = dict(event.source)
+            if isinstance(event, nio.UnknownEvent):
+                source["type"] = event.type  # decrypted events keep the outer source
+            self.timeline.append((room.room_id, source))
+
         async def on_to_device(event: nio.ToDeviceEvent) -> None:
             self.to_device.append(event)
 
         self.client.add_event_callback(on_message, nio.RoomMessage)
+        self.client.add_event_callback(on_event, nio.Event)
         self.client.add_to_device_callback(on_to_device, nio.ToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
         self._sync = asyncio.create_task(self.client.sync_forever(timeout=1000))
@@ -65,7 +74,12 @@ class Peer:
             await asyncio.gather(self._sync, return_exceptions=True)
         await self.client.close()
 
-    async def create_room(self, invite: list[str] = (), encrypted: bool = True) -> str:
+    async def create_room(
+        self,
+        invite: list[str] = (),
+        encrypted: bool = True,
+        power_level_override: dict[str, Any] | None = None,
+    ) -> str:
         initial_state = []
         if encrypted:
             initial_state.append(
@@ -76,7 +90,10 @@ class Peer:
                 }
             )
         resp = await self.client.room_create(
-            preset=nio.RoomPreset.private_chat, invite=list(invite), initial_state=initial_state
+            preset=nio.RoomPreset.private_chat,
+            invite=list(invite),
+            initial_state=initial_state,
+            power_level_override=power_level_override,
         )
         assert isinstance(resp, nio.RoomCreateResponse), resp
         await wait_until(lambda: resp.room_id in self.client.rooms, what="room in sync")

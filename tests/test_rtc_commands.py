@@ -1,0 +1,110 @@
+"""!join, !leave and !status on a real Synapse, with a plain Matrix user typing them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nio
+import pytest
+
+from bot.matrix import rest
+from bot.rtc import membership_manager
+from bot.rtc.membership import LEGACY_TYPE
+from tests.conftest import bot_config, peer, running_bot
+from tests.peer import Peer, wait_until
+from tests.synapse import Synapse
+
+CALLS_ALLOWED = {"events": {LEGACY_TYPE: 0}}
+MINT = {
+    "livekit_url": "ws://127.0.0.1:1",
+    "livekit_api_key": "devkey",
+    "livekit_api_secret": "a-secret-of-some-length-0123456789",
+}
+
+
+async def _room(alice: Peer, bot: str, **kwargs) -> str:
+    room = await alice.create_room(invite=[bot], **kwargs)
+    await alice.wait_member(room, bot)
+    return room
+
+
+async def _state(alice: Peer, room: str, state_key: str) -> dict:
+    resp = await alice.client.room_get_state_event(room, LEGACY_TYPE, state_key)
+    assert isinstance(resp, nio.RoomGetStateEventResponse), resp
+    return resp.content
+
+
+async def test_join_status_leave(synapse: Synapse, tmp_path: Path) -> None:
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc=MINT)
+    async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+        room = await _room(alice, account.user_id, power_level_override=CALLS_ALLOWED)
+        user = account.user_id
+        reply = await alice.ask(room, "!join", user)
+        # Nobody was in the call, and the transport came from the homeserver (MSC4143).
+        focus = f"http://127.0.0.1:{synapse.port + 1}"
+        assert reply == f"Started the call (SFU via {focus}; 0 other members)."
+        key = f"_{user}_{bot.matrix.device_id}_m.call"
+        content = await _state(alice, room, key)
+        assert content["device_id"] == bot.matrix.device_id
+        assert content["foci_preferred"][0]["livekit_service_url"] == focus
+
+        # The bot was the first member, so it sent the call notification.
+        note = await wait_until(lambda: _find_notification(alice, room), what="notification")
+        assert note["content"]["notification_type"] == "notification"
+        assert note["content"]["m.relates_to"]["rel_type"] == "m.reference"
+
+        status = await alice.ask(room, "!status", user)
+        assert f"Call in {room}: joined, focus {focus}, my key index 0" in status
+        assert f"{user} ({bot.matrix.device_id}): me" in status
+
+        assert await alice.ask(room, "!join", user) == "I am already in this room's call."
+        assert await alice.ask(room, "!leave", user) == "Left the call."
+        assert await _state(alice, room, key) == {}
+        assert await alice.ask(room, "!leave", user) == "I am not in this room's call."
+        assert "Calls: none" in await alice.ask(room, "!status", user)
+
+
+def _find_notification(alice: Peer, room: str) -> dict | None:
+    for rid, event in alice.timeline:
+        if rid == room and event.get("type") == "org.matrix.msc4075.rtc.notification":
+            return event
+    return None
+
+
+async def test_join_explains_missing_power_level(synapse: Synapse, tmp_path: Path) -> None:
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc=MINT)
+    async with running_bot(config), peer(synapse, tmp_path, "alice") as alice:
+        room = await _room(alice, account.user_id)  # default power levels: state needs 50
+        reply = await alice.ask(room, "!join", account.user_id)
+        assert reply.startswith(
+            f"I cannot join the call: sending {LEGACY_TYPE} here needs power level 50 and I have 0."
+        )
+        assert '"Join Element calls"' in reply
+
+
+async def test_without_delayed_events_the_bot_warns_once_and_relies_on_expiry(
+    synapse: Synapse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    caplog.set_level(logging.WARNING)
+
+    async def no_features(client) -> dict[str, bool]:
+        return {}
+
+    monkeypatch.setattr(rest, "unstable_features", no_features)
+    monkeypatch.setattr(membership_manager, "_warned_no_delayed_events", False)
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc=MINT)
+    async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+        rooms = [
+            await _room(alice, account.user_id, power_level_override=CALLS_ALLOWED)
+            for _ in range(2)
+        ]
+        for room in rooms:
+            assert (await alice.ask(room, "!join", account.user_id)).startswith("Started the call")
+        warnings = [r for r in caplog.records if "lacks delayed events" in r.getMessage()]
+        assert len(warnings) == 1
+        pending = await rest.request(bot.matrix.nio, "GET", f"{rest.MSC4140}/delayed_events")
+        assert pending["delayed_events"] == []
