@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from bot.matrix import rest
 from bot.rtc import membership_manager
-from bot.rtc.membership import LEGACY_TYPE
+from bot.rtc.membership import DEFAULT_EXPIRE_MS, LEGACY_TYPE
 from tests.conftest import bot_config, peer, running_bot
 from tests.peer import Peer, wait_until
 from tests.synapse import Synapse
@@ -108,3 +109,45 @@ async def test_without_delayed_events_the_bot_warns_once_and_relies_on_expiry(
         assert len(warnings) == 1
         pending = await rest.request(bot.matrix.nio, "GET", f"{rest.MSC4140}/delayed_events")
         assert pending["delayed_events"] == []
+
+
+async def test_refresh_and_watchdog(
+    synapse: Synapse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The membership is refreshed before it expires, and re-sent if someone removes it."""
+    # Refresh 1 s after joining instead of after an hour.
+    monkeypatch.setattr(membership_manager, "REFRESH_CAP_S", 6.0)
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc=MINT)
+    async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+        room = await _room(alice, account.user_id, power_level_override=CALLS_ALLOWED)
+        await wait_until(lambda: room in bot.matrix.joined_rooms(), what="bot in room")
+        session = bot.rtc.get_room_session(room)
+        await session.join()
+        key = f"_{account.user_id}_{bot.matrix.device_id}_m.call"
+        first = await _state(alice, room, key)
+        assert "created_ts" not in first and first["expires"] == DEFAULT_EXPIRE_MS
+
+        async def refreshed() -> dict:
+            for _ in range(100):
+                content = await _state(alice, room, key)
+                if content.get("expires") == 2 * DEFAULT_EXPIRE_MS:
+                    return content
+                await asyncio.sleep(0.1)
+            raise AssertionError("no refresh")
+
+        again = await refreshed()
+        assert again["created_ts"] == session.memberships[0].created_ts
+        assert bot.rtc.get_active_room_session(room) is session
+
+        # An admin clears the bot's membership (underscore state keys are not owned):
+        # the watchdog notices it vanished and sends it again.
+        resp = await alice.client.room_put_state(room, LEGACY_TYPE, {}, state_key=key)
+        assert isinstance(resp, nio.RoomPutStateResponse), resp
+        for _ in range(100):
+            if (await _state(alice, room, key)).get("device_id") == bot.matrix.device_id:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the membership was not re-sent")
+        await session.leave()

@@ -78,6 +78,8 @@ async def test_bot_joins_a_js_call_and_keys_flow_both_ways(synapse: Synapse, tmp
             ]
             assert session.memberships[0].rtc_backend_identity == alice.identity
 
+            notified: list[dict] = []
+            session.call_notification_sent.connect(notified.append)
             access = await session.join()
 
             # It followed alice's focus and exchanged an OpenID token for its LiveKit token.
@@ -123,6 +125,8 @@ async def test_bot_joins_a_js_call_and_keys_flow_both_ways(synapse: Synapse, tmp
             status = "\n".join(describe(session))
             assert f"{alice.user_id} ({alice.device_id}): key received" in status
             assert f"my key index {own.index}" in status and jwt.url in status
+
+            assert notified == []  # alice started the call, so the bot does not notify
 
             mark = alice.mark()
             assert await session.leave(5.0)

@@ -52,6 +52,11 @@ class MatrixRTCSessionManager:
             self._update(room_id)
         return session
 
+    def get_active_room_session(self, room_id: str) -> MatrixRTCSession | None:
+        """The room's session if a call is going on there (js getActiveRoomSession)."""
+        session = self._sessions.get(room_id)
+        return session if session is not None and session.memberships else None
+
     def active_sessions(self) -> list[MatrixRTCSession]:
         """Sessions of rooms with a call going on."""
         return [s for s in self._sessions.values() if s.memberships]

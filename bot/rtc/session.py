@@ -160,11 +160,16 @@ class MatrixRTCSession:
 
     # ------------------------------------------------------------------ join / leave
 
-    async def join(self, transport: dict[str, Any] | None = None) -> SfuAccess:
-        """Join the call: focus, SFU token, membership, keys. RtcError explains any refusal."""
+    async def join(self, foci: list[dict[str, Any]] | None = None) -> SfuAccess:
+        """Join the call: focus, SFU token, membership, keys. RtcError explains any refusal.
+
+        ``foci``: the transports to prefer (the first LiveKit one is used); by default the
+        focus of the call going on, else the one the homeserver or the config names.
+        """
         if self.is_joined and self.sfu is not None:
             return self.sfu
         await self._check_power_level()
+        transport = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
         if transport is None:
             transport = self.active_transport() or await discover_transport(self.client, self.cfg)
         self.sfu = await sfu_access(self.client, self.cfg, transport, self.room_id)
