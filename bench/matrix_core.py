@@ -10,14 +10,12 @@ Prints: time to ready on the first start (login, key upload, first sync) and on 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+from bench.common import run_with_synapse
 from bot.app import CallBot
-from bot.log import setup_logging
 from tests.conftest import bot_config
 from tests.peer import Peer
 from tests.synapse import Synapse
@@ -97,14 +95,7 @@ def main() -> None:
     ap.add_argument("--commands", type=int, default=50)
     ap.add_argument("--restarts", type=int, default=5)
     args = ap.parse_args()
-    setup_logging("ERROR")
-    with tempfile.TemporaryDirectory() as tmp:
-        synapse = Synapse(Path(tmp) / "synapse")
-        synapse.start()
-        try:
-            asyncio.run(measure(synapse, Path(tmp), args.commands, args.restarts))
-        finally:
-            synapse.stop()
+    run_with_synapse(lambda synapse, work: measure(synapse, work, args.commands, args.restarts))
 
 
 if __name__ == "__main__":

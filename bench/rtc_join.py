@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+from bench.common import run_with_synapse
 from bot.app import CallBot
-from bot.log import setup_logging
 from bot.rtc.membership import LEGACY_TYPE
 from bot.rtc.session import EncryptionKeyChanged
 from tests.conftest import bot_config
@@ -130,14 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--joins", type=int, default=20)
     args = ap.parse_args()
-    setup_logging("ERROR")
-    with tempfile.TemporaryDirectory() as tmp:
-        synapse = Synapse(Path(tmp) / "synapse")
-        synapse.start()
-        try:
-            asyncio.run(measure(synapse, Path(tmp), args.joins))
-        finally:
-            synapse.stop()
+    run_with_synapse(lambda synapse, work: measure(synapse, work, args.joins))
 
 
 if __name__ == "__main__":

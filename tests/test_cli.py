@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-import os
+import signal
 import stat
 import subprocess
 import sys
@@ -74,9 +74,7 @@ def test_run_reports_an_unreachable_homeserver(tmp_path: Path) -> None:
 
 async def test_run_serves_commands_and_stops_on_sigterm(synapse, tmp_path: Path) -> None:
     """The real `callbot run` process: answers in an encrypted room, exits 0 on SIGTERM."""
-    import asyncio
-    import signal
-
+    from tests.botproc import BotProcess
     from tests.conftest import peer
 
     account = synapse.register("bot")
@@ -85,33 +83,15 @@ async def test_run_serves_commands_and_stops_on_sigterm(synapse, tmp_path: Path)
         f'[matrix]\nhomeserver = "{synapse.url}"\nuser_id = "{account.user_id}"\n'
         '[bot]\ndata_dir = "data"\n[logging]\nformat = "json"\nlevel = "DEBUG"\n'
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "run",
-        "-c",
-        str(cfg),
-        env={**os.environ, "CALLBOT_MATRIX_PASSWORD": account.password},
-        stderr=asyncio.subprocess.PIPE,
-    )
-    lines: list[str] = []
-
-    async def read_log() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            lines.append(raw.decode())
-
-    reader = asyncio.create_task(read_log())
+    bot = await BotProcess(cfg, {"CALLBOT_MATRIX_PASSWORD": account.password}).start()
     try:
         async with peer(synapse, tmp_path, "alice") as alice:
             room = await alice.create_room(invite=[account.user_id])
             await alice.wait_member(room, account.user_id)
             assert "Uptime:" in await alice.ask(room, "!status", account.user_id)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.wait_for(proc.wait(), 30)
-        await reader
+        rc = await bot.stop(signal.SIGTERM)
+    lines = bot.lines
     assert rc == 0, "".join(lines[-20:])
     entries = [json.loads(line) for line in lines]  # every line is JSON
     assert any(e["msg"] == "joined on invite" and e.get("room") == room for e in entries)

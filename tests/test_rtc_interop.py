@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bot.rtc.commands import describe
 from bot.rtc.session import EncryptionKeyChanged
+from tests.botproc import BotProcess
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
 from tests.jwt_service import jwt_service
@@ -195,29 +192,12 @@ async def test_sigkilled_bot_leaves_through_the_delayed_event(synapse: Synapse, 
             '[rtc]\nlivekit_url = "ws://127.0.0.1:1"\nlivekit_api_key = "k"\n'
             'livekit_api_secret = "a-secret-of-some-length-0123456789"\n'
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "run",
-            "-c",
-            str(cfg),
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(os.environ),
-        )
-        log: list[dict] = []
-
-        async def read() -> None:
-            assert proc.stderr is not None
-            async for line in proc.stderr:
-                log.append(json.loads(line))
-
-        reader = asyncio.create_task(read())
+        bot = await BotProcess(cfg).start()
         try:
             room = (await alice.call("create_room", invite=[bot_account.user_id], encrypted=False))[
                 "room_id"
             ]
-            await wait_until(lambda: any(e["msg"] == "joined on invite" for e in log), TIMEOUT)
+            await wait_until(lambda: bot.logged("joined on invite"), TIMEOUT)
             await alice.call("rtc_join", room_id=room, foci=[focus])
             await alice.call("send_text", room_id=room, body="!join")
             seen = await alice.wait_event(
@@ -225,15 +205,11 @@ async def test_sigkilled_bot_leaves_through_the_delayed_event(synapse: Synapse, 
             )
             assert bot_account.user_id in {m["user_id"] for m in seen["members"]}
             mark = alice.mark()
-            proc.send_signal(signal.SIGKILL)
             t0 = time.monotonic()
-            await proc.wait()
+            await bot.stop(signal.SIGKILL)
             await _wait_members(alice, room, {(alice.user_id, alice.device_id)}, since=mark)
             gone_s = time.monotonic() - t0
             # Without the delayed leave the membership would stay until it expires (4 h).
             print(f"membership gone {gone_s:.1f} s after SIGKILL")
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            reader.cancel()
+            await bot.stop(signal.SIGKILL)
