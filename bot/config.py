@@ -111,6 +111,9 @@ def _ws_url(v: str | None) -> str | None:
 class RtcConfig:
     """Joining calls (MatrixRTC)."""
 
+    #: "legacy": the state event Element Call sends by default; "sticky": MSC4143 sticky
+    #: events (Element Call's "matrix_2_0" mode), used only if the homeserver supports them
+    membership_format: Literal["legacy", "sticky"] = "legacy"
     #: Use this MatrixRTC authorization (JWT) service instead of discovering one.
     livekit_service_url: str | None = _check(_optional_url, default=None)
     #: Mint LiveKit tokens directly (no JWT service): all three must be set.

@@ -81,6 +81,7 @@ max_event_delay_duration: 24h
 experimental_features:
   msc4222_enabled: true
   msc4143_enabled: true
+  msc4354_enabled: true
   msc4140_max_delayed_events_per_user: 100
 matrix_rtc:
   transports: [{{type: livekit, livekit_service_url: "http://127.0.0.1:{port + 1}"}}]

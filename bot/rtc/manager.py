@@ -18,10 +18,11 @@ import nio
 
 from bot.config import RtcConfig
 from bot.log import context
-from bot.matrix import todevice
+from bot.matrix import sticky, todevice
 from bot.matrix.client import MatrixClient
+from bot.matrix.sticky import StickyStore
 from bot.rtc.keys import KEYS_EVENT_TYPE
-from bot.rtc.membership import LEGACY_TYPES
+from bot.rtc.membership import LEGACY_TYPES, STICKY_TYPE
 from bot.rtc.session import MatrixRTCSession, MembershipsChanged
 from bot.signals import Signal
 
@@ -35,8 +36,11 @@ class MatrixRTCSessionManager:
         self._sessions: dict[str, MatrixRTCSession] = {}
         #: per room: call membership state events by (type, state_key)
         self._state: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        #: per room: sticky rtc.member events (MSC4143 memberships)
+        self._sticky: dict[str, StickyStore] = {}
         self.session_started: Signal[MatrixRTCSession] = Signal("session_started")
         self.session_ended: Signal[MatrixRTCSession] = Signal("session_ended")
+        sticky.install()
         matrix.on_sync(self._on_sync)
         matrix.on_to_device(self._on_to_device)
 
@@ -45,7 +49,11 @@ class MatrixRTCSessionManager:
         session = self._sessions.get(room_id)
         if session is None:
             session = MatrixRTCSession(
-                self.matrix.nio, room_id, self.cfg, power_level_of=self.matrix.power_level
+                self.matrix.nio,
+                room_id,
+                self.cfg,
+                power_level_of=self.matrix.power_level,
+                sticky_events=self._sticky.setdefault(room_id, StickyStore()),
             )
             session.memberships_changed.connect(lambda change, s=session: self._announce(s, change))
             self._sessions[room_id] = session
@@ -92,17 +100,27 @@ class MatrixRTCSessionManager:
                     relevant = True
                 elif isinstance(event, nio.RoomMemberEvent):
                     relevant = True
+                elif getattr(event, "type", None) == STICKY_TYPE:
+                    relevant |= self._add_sticky(room_id, sticky.plaintext_of(event))
+            for raw in sticky.sticky_events_of(response, room_id):
+                plain = sticky.decrypted(self.matrix.nio, room_id, raw)
+                if plain is not None and plain.get("type") == STICKY_TYPE:
+                    relevant |= self._add_sticky(room_id, plain)
             if relevant:
                 self._update(room_id)
         for room_id in response.rooms.leave:
             self._state.pop(room_id, None)
+            self._sticky.pop(room_id, None)
             if room_id in self._sessions:
                 self._update(room_id)
+
+    def _add_sticky(self, room_id: str, event: dict[str, Any]) -> bool:
+        return self._sticky.setdefault(room_id, StickyStore()).add(event)
 
     def _update(self, room_id: str) -> None:
         state = self._state.get(room_id, {})
         if room_id not in self._sessions:
-            if not state:
+            if not state and not self._sticky.get(room_id, StickyStore()).current(STICKY_TYPE):
                 return
             self.get_room_session(room_id)  # a call we have not seen: track it (calls _update)
             return

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,9 +22,16 @@ import nio
 
 from bot.config import RtcConfig
 from bot.log import context
-from bot.matrix import rest
+from bot.matrix import rest, sticky
 from bot.matrix.rest import MatrixHttpError
-from bot.rtc.membership import DEFAULT_EXPIRE_MS, LEGACY_TYPE, CallMembership
+from bot.rtc.membership import (
+    DEFAULT_EXPIRE_MS,
+    DEFAULT_SLOT_ID,
+    LEGACY_TYPE,
+    STICKY_KEY,
+    STICKY_TYPE,
+    CallMembership,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ REFRESH_HEADROOM_S = 5.0
 MAX_FAILURES = 10
 
 _warned_no_delayed_events = False
+_warned_no_sticky_events = False
 
 
 def membership_state_key(user_id: str, device_id: str, room_version: str) -> str:
@@ -62,6 +71,10 @@ class MembershipManager:
         self._clock = clock
         self.transport: dict[str, Any] | None = None
         self.joined = False
+        #: whether our membership is a sticky rtc.member event (decided by prepare())
+        self.sticky = False
+        #: legacy: "{user}:{device}"; sticky: a fresh UUID per join, as Element Call does
+        self.member_id = f"{client.user_id}:{client.device_id}"
         self.delayed_leave_supported: bool | None = None
         self._delay_id: str | None = None
         self._delay_ms = cfg.delayed_leave_ms
@@ -80,8 +93,44 @@ class MembershipManager:
         version = room.room_version if room is not None else "1"
         return membership_state_key(self.client.user_id, self.client.device_id, version)
 
+    async def prepare(self) -> str | None:
+        """Decide the membership format for the next join; the sticky member ID, if sticky."""
+        global _warned_no_sticky_events
+        features = await rest.unstable_features(self.client)
+        self.delayed_leave_supported = bool(features.get(DELAYED_EVENTS_FEATURE))
+        wanted = self.cfg.membership_format == "sticky"
+        # js refuses sticky memberships without both features (Unsupported…EndpointError).
+        self.sticky = wanted and self.delayed_leave_supported and bool(features.get(sticky.FEATURE))
+        if wanted and not self.sticky and not _warned_no_sticky_events:
+            log.warning(
+                "the homeserver lacks sticky or delayed events (MSC4354, MSC4140): "
+                "sending the legacy membership instead",
+                extra=self._ctx,
+            )
+            _warned_no_sticky_events = True
+        if self.sticky:
+            self.member_id = str(uuid.uuid4())
+            return self.member_id
+        self.member_id = f"{self.client.user_id}:{self.client.device_id}"
+        return None
+
     def content(self, iteration: int = 1) -> dict[str, Any]:
         assert self.transport is not None
+        if self.sticky:
+            # js strips livekit_alias from rtc_transports; versions is always [].
+            transport = {k: v for k, v in self.transport.items() if k != "livekit_alias"}
+            return {
+                "slot_id": DEFAULT_SLOT_ID,
+                "application": {"type": "m.call", "m.call.intent": "audio"},
+                "member": {
+                    "user_id": self.client.user_id,
+                    "device_id": self.client.device_id,
+                    "id": self.member_id,
+                },
+                "rtc_transports": [transport],
+                "versions": [],
+                STICKY_KEY: self.member_id,
+            }
         focus = {**self.transport, "livekit_alias": self.room_id}
         content: dict[str, Any] = {
             "application": "m.call",
@@ -109,9 +158,7 @@ class MembershipManager:
         self._created_ts = None
         self._seen_own = False
         await self._schedule_delayed_leave()
-        event_id = await rest.put_state(
-            self.client, self.room_id, LEGACY_TYPE, self.state_key, self.content()
-        )
+        event_id = await self._send(self.content())
         self.joined = True
         self._started, self._iteration, self._failures = self._clock(), 1, 0
         if self._delay_id is not None:
@@ -122,11 +169,25 @@ class MembershipManager:
         log.info("sent our call membership", extra=self._ctx)
         return event_id
 
+    def leave_content(self) -> dict[str, Any]:
+        return {STICKY_KEY: self.member_id} if self.sticky else {}
+
+    async def _send(self, content: dict[str, Any], delay_ms: int | None = None) -> str:
+        """Send our membership (or its leave); an event ID, or a delay ID if delayed."""
+        if self.sticky:
+            return await sticky.send(
+                self.client, self.room_id, STICKY_TYPE, content, delay_ms=delay_ms
+            )
+        if delay_ms is not None:
+            return await rest.put_delayed_state(
+                self.client, self.room_id, LEGACY_TYPE, self.state_key, content, delay_ms
+            )
+        return await rest.put_state(self.client, self.room_id, LEGACY_TYPE, self.state_key, content)
+
     async def _schedule_delayed_leave(self) -> None:
         global _warned_no_delayed_events
         if self.delayed_leave_supported is None:
-            features = await rest.unstable_features(self.client)
-            self.delayed_leave_supported = bool(features.get(DELAYED_EVENTS_FEATURE))
+            await self.prepare()
         if not self.delayed_leave_supported:
             if not _warned_no_delayed_events:
                 log.warning(
@@ -138,9 +199,7 @@ class MembershipManager:
             return
         for _ in range(2):
             try:
-                self._delay_id = await rest.put_delayed_state(
-                    self.client, self.room_id, LEGACY_TYPE, self.state_key, {}, self._delay_ms
-                )
+                self._delay_id = await self._send(self.leave_content(), self._delay_ms)
                 return
             except MatrixHttpError as e:
                 max_delay = e.body.get("org.matrix.msc4140.max_delay")
@@ -176,13 +235,7 @@ class MembershipManager:
                     await self._restart_delayed_leave()
                 if self._clock() >= next_refresh:
                     self._iteration += 1
-                    await rest.put_state(
-                        self.client,
-                        self.room_id,
-                        LEGACY_TYPE,
-                        self.state_key,
-                        self.content(self._iteration),
-                    )
+                    await self._send(self.content(self._iteration))
                     log.info("refreshed our call membership", extra=self._ctx)
                 self._failures = 0
             except Exception as e:  # network, 5xx, 429: keep trying, report when it persists
@@ -233,7 +286,7 @@ class MembershipManager:
     async def _send_leave(self) -> None:
         if self._delay_id is not None and await self._delayed_action("send"):
             return
-        await rest.put_state(self.client, self.room_id, LEGACY_TYPE, self.state_key, {})
+        await self._send(self.leave_content())
 
     async def _delayed_action(self, action: str) -> bool:
         delay_id, self._delay_id = self._delay_id, None

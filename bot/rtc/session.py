@@ -19,8 +19,9 @@ import nio
 from bot.config import RtcConfig
 from bot.log import context
 from bot.matrix import todevice
+from bot.matrix.sticky import StickyStore
 from bot.rtc.focus import RtcError, SfuAccess, discover_transport, sfu_access
-from bot.rtc.identity import legacy_identity
+from bot.rtc.identity import hashed_identity, legacy_identity
 from bot.rtc.keys import (
     KEYS_EVENT_TYPE,
     Distribution,
@@ -34,6 +35,7 @@ from bot.rtc.keys import (
 from bot.rtc.membership import (
     DEFAULT_SLOT_ID,
     LEGACY_TYPE,
+    STICKY_TYPE,
     CallMembership,
     active_memberships,
     transport_of,
@@ -76,11 +78,13 @@ class MatrixRTCSession:
         cfg: RtcConfig,
         *,
         power_level_of: Callable[[str, str], Awaitable[int]],
+        sticky_events: StickyStore | None = None,
         slot_id: str = DEFAULT_SLOT_ID,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self._power_level_of = power_level_of
+        self._sticky = sticky_events or StickyStore()
         self.room_id = room_id
         self.slot_id = slot_id
         self.cfg = cfg
@@ -111,6 +115,11 @@ class MatrixRTCSession:
 
     @property
     def own_identity(self) -> str:
+        """Our LiveKit identity (js getOwnRtcBackendIdentity): hashed for sticky members."""
+        if self._manager.sticky:
+            return hashed_identity(
+                self.client.user_id, self.client.device_id, self._manager.member_id
+            )
         return legacy_identity(self.client.user_id, self.client.device_id)
 
     @property
@@ -134,6 +143,7 @@ class MatrixRTCSession:
         old = self.memberships
         new = active_memberships(
             state_events=list(self._state_events.values()),
+            sticky_events=self._sticky.current(STICKY_TYPE, now_ms),
             joined_users=self._joined_users,
             slot_id=self.slot_id,
             now_ms=now_ms,
@@ -154,6 +164,8 @@ class MatrixRTCSession:
             self._expiry_timer.cancel()
             self._expiry_timer = None
         expiries = [e for m in members if (e := m.absolute_expiry()) is not None]
+        if (sticky_expiry := self._sticky.next_expiry()) is not None:
+            expiries.append(int(sticky_expiry))
         if expiries:
             delay_s = max(0.0, (min(expiries) - now_ms) / 1000) + 0.01
             self._expiry_timer = asyncio.get_running_loop().call_later(delay_s, self.recalculate)
@@ -172,7 +184,10 @@ class MatrixRTCSession:
         transport = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
         if transport is None:
             transport = self.active_transport() or await discover_transport(self.client, self.cfg)
-        self.sfu = await sfu_access(self.client, self.cfg, transport, self.room_id)
+        member_id = await self._manager.prepare()
+        self.sfu = await sfu_access(
+            self.client, self.cfg, transport, self.room_id, member_id=member_id
+        )
         first = not self.memberships
         event_id = await self._manager.join(transport)
         self.join_state_changed.emit(JoinStateChanged(True))
@@ -260,7 +275,7 @@ class MatrixRTCSession:
             self.room_id,
             plan.key,
             self.client.device_id,
-            f"{self.client.user_id}:{self.client.device_id}",
+            self._manager.member_id,
             int(self._clock() * 1000),
         )
         results = await asyncio.gather(
