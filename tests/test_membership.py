@@ -44,7 +44,10 @@ def sticky(user: str, device: str, member_id: str, ts: int = NOW - 1000, **conte
         "slot_id": "m.call#ROOM",
         "application": {"type": "m.call", "m.call.intent": "audio"},
         "member": {"user_id": user, "device_id": device, "id": member_id},
-        "rtc_transports": [{"type": "livekit", "livekit_service_url": "https://jwt.example"}],
+        "transports": {
+            "published": [{"type": "livekit", "livekit_service_url": "https://jwt.example"}],
+            "can_subscribe": ["livekit"],
+        },
         "versions": [],
         "msc4354_sticky_key": member_id,
     }
@@ -124,9 +127,20 @@ def test_sticky_memberships_and_precedence() -> None:
     assert [(m.kind, m.user_id) for m in result] == [("rtc", "@a:x"), ("legacy", "@b:x")]
     rtc = result[0]
     assert rtc.member_id == "uuid-1"
+    assert rtc.transports == ({"type": "livekit", "livekit_service_url": "https://jwt.example"},)
     assert len(rtc.rtc_backend_identity) == 43
     assert rtc.call_intent == "audio"
     assert rtc.absolute_expiry() is None
+
+
+def test_sticky_rtc_transports_shape_is_read_too() -> None:
+    ev = sticky("@a:x", "A", "u")
+    del ev["content"]["transports"]
+    ev["content"]["rtc_transports"] = [{"type": "livekit", "livekit_service_url": "https://o"}]
+    (m,) = members([], [ev])
+    assert m.transports[0]["livekit_service_url"] == "https://o"
+    del ev["content"]["rtc_transports"]
+    assert members([], [ev]) == []
 
 
 def test_sticky_validation() -> None:
@@ -136,7 +150,9 @@ def test_sticky_validation() -> None:
         sticky("@a:x", "A", "u", slot_id="other#ROOM"),
         sticky("@a:x", "A", "u", versions=[1]),
         sticky("@a:x", "A", "u", sticky_key="different"),
-        sticky("@a:x", "A", "u", rtc_transports=[{"url": "no type"}]),
+        sticky("@a:x", "A", "u", transports={"published": [{"url": "no type"}]}),
+        sticky("@a:x", "A", "u", transports={"published": [], "can_subscribe": [1]}),
+        sticky("@a:x", "A", "u", transports=[]),
         sticky("@a:x", "A", "u", **{"m.relates_to": {"rel_type": "m.thread", "event_id": "$x"}}),
     ]
     for ev in bad:

@@ -213,3 +213,53 @@ async def test_sigkilled_bot_leaves_through_the_delayed_event(synapse: Synapse, 
             print(f"membership gone {gone_s:.1f} s after SIGKILL")
         finally:
             await bot.stop(signal.SIGKILL)
+
+
+async def test_sticky_memberships_with_a_matrix_2_0_js_peer(synapse: Synapse, tmp_path: Path):
+    """Element Call's "matrix_2_0" mode: sticky rtc.member events and hashed identities."""
+    bot_account = synapse.register("bot")
+    async with jwt_service(synapse.url) as jwt, js_peer(synapse, tmp_path, "alice") as alice:
+        focus = {"type": "livekit", "livekit_service_url": jwt.url}
+        config = bot_config(
+            synapse, bot_account, tmp_path / "data", rtc={"membership_format": "sticky"}
+        )
+        async with running_bot(config) as bot:
+            room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
+            await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
+            await alice.call(
+                "rtc_join", room_id=room, foci=[focus], config={"unstableSendStickyEvents": True}
+            )
+            session = bot.rtc.get_room_session(room)
+            received: list[EncryptionKeyChanged] = []
+            session.encryption_key_changed.connect(received.append)
+            await wait_until(lambda: session.memberships, TIMEOUT, "alice's sticky membership")
+            (alice_member,) = session.memberships
+            assert alice_member.kind == "rtc"
+            assert len(alice_member.rtc_backend_identity) == 43  # the hash, not user:device
+
+            access = await session.join()
+            # /get_token with our member ID; the identity is the hash the service issues.
+            assert jwt.requests[-1]["member"]["claimed_device_id"] == bot.matrix.device_id
+            assert access.identity == session.own_identity == jwt.issued[-1]
+
+            seen = await alice.wait_event(
+                lambda e: e["event"] == "memberships" and len(e["members"]) == 2, TIMEOUT
+            )
+            bot_member = next(m for m in seen["members"] if m["user_id"] == bot_account.user_id)
+            assert bot_member["rtc_backend_identity"] == access.identity
+            from_bot = await _wait_key_from(alice, room, access.identity)
+            assert from_bot["key"] == b64(session.own_key.key)
+            alice_key = await wait_until(
+                lambda: next((k for k in received if not k.own), None), TIMEOUT, "alice's key"
+            )
+            assert alice_key.identity == alice_member.rtc_backend_identity
+            own = await _wait_own_key(alice, room, alice_key.key.index)
+            assert b64(alice_key.key.key) == own["key"]
+
+            mark = alice.mark()
+            assert await session.leave(5.0)
+            await alice.wait_event(
+                lambda e: e["event"] == "memberships" and len(e["members"]) == 1,
+                TIMEOUT,
+                since=mark,
+            )

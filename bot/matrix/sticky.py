@@ -3,8 +3,9 @@
 A sticky event is a normal timeline event sent with
 ``?org.matrix.msc4354.sticky_duration_ms=N``; the homeserver keeps re-delivering it in
 ``rooms.join.<id>.msc4354_sticky.events`` of /sync until it expires (at most 1 h). nio 0.26
-drops that section, so ``install()`` wraps ``SyncResponse.from_dict`` to keep it on the
-response as ``sticky_events``. ``StickyStore`` keeps the current event per
+drops that section (and the stickiness fields of the events it decrypts), so ``install()``
+wraps ``SyncResponse.from_dict`` to keep the raw sticky events on the response as
+``sticky_events``. ``StickyStore`` keeps the current event per
 (sender, type, sticky key) the way matrix-js-sdk does (newest ``origin_server_ts``, then
 event ID).
 """
@@ -48,14 +49,25 @@ def install() -> None:
         if isinstance(response, nio.SyncResponse):
             joined = (parsed_dict.get("rooms") or {}).get("join") or {}
             response.sticky_events = {  # type: ignore[attr-defined]
-                room_id: list(((info or {}).get(SECTION) or {}).get("events") or [])
-                for room_id, info in joined.items()
-                if isinstance(info, dict)
+                room_id: _raw_sticky(info) for room_id, info in joined.items()
             }
         return response
 
     nio.SyncResponse.from_dict = classmethod(from_dict)  # type: ignore[method-assign]
     _installed = True
+
+
+def _raw_sticky(room: Any) -> list[dict[str, Any]]:
+    """Sticky events of one joined room as sent: the sticky section and new timeline ones.
+
+    Timeline events are kept raw too, because nio's decrypted copies lose the top-level
+    ``msc4354_sticky`` and ``unsigned`` fields that say how long they stay sticky.
+    """
+    if not isinstance(room, dict):
+        return []
+    section = (room.get(SECTION) or {}).get("events") or []
+    timeline = (room.get("timeline") or {}).get("events") or []
+    return [e for e in [*section, *timeline] if isinstance(e, dict) and SECTION in e]
 
 
 def sticky_events_of(response: nio.SyncResponse, room_id: str) -> list[dict[str, Any]]:
@@ -81,15 +93,6 @@ def decrypted(client: nio.AsyncClient, room_id: str, raw: Mapping[str, Any]) -> 
         "type": getattr(plain, "type", None) or plain.source.get("type"),
         "content": plain.source.get("content", {}),
     }
-
-
-def plaintext_of(event: nio.Event) -> dict[str, Any]:
-    """A timeline event nio decrypted, as a dict with its plaintext type."""
-    source = dict(event.source)
-    event_type = getattr(event, "type", None)
-    if isinstance(event_type, str):
-        source["type"] = event_type  # nio keeps the encrypted envelope's type in source
-    return source
 
 
 async def send(

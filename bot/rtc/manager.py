@@ -100,8 +100,6 @@ class MatrixRTCSessionManager:
                     relevant = True
                 elif isinstance(event, nio.RoomMemberEvent):
                     relevant = True
-                elif getattr(event, "type", None) == STICKY_TYPE:
-                    relevant |= self._add_sticky(room_id, sticky.plaintext_of(event))
             for raw in sticky.sticky_events_of(response, room_id):
                 plain = sticky.decrypted(self.matrix.nio, room_id, raw)
                 if plain is not None and plain.get("type") == STICKY_TYPE:

@@ -123,6 +123,24 @@ def _transports(value: Any, key: str) -> tuple[Transport, ...]:
     return tuple(value)
 
 
+def _rtc_transports(content: Mapping[str, Any]) -> tuple[Transport, ...]:
+    """matrix-js-sdk 43 sends ``transports: {published: [...], can_subscribe: [...]}``;
+    its later develop branch and MSC4143's earlier text ``rtc_transports: [...]``. Either."""
+    if "transports" in content:
+        t = content["transports"]
+        if not isinstance(t, dict):
+            raise _Invalid("transports must be an object")
+        subscribe = t.get("can_subscribe")
+        if not isinstance(subscribe, list) or not all(isinstance(s, str) for s in subscribe):
+            raise _Invalid("transports.can_subscribe must be a list of strings")
+        if "published" not in t:
+            raise _Invalid("missing transports.published")
+        return _transports(t["published"], "transports.published")
+    if "rtc_transports" in content:
+        return _transports(content["rtc_transports"], "rtc_transports")
+    raise _Invalid("missing transports")
+
+
 def _event_basics(event: Mapping[str, Any]) -> tuple[str, str, int, Mapping[str, Any]]:
     sender, event_id = event.get("sender"), event.get("event_id")
     ts, content = event.get("origin_server_ts"), event.get("content")
@@ -186,9 +204,7 @@ def parse_rtc(event: Mapping[str, Any]) -> CallMembership:
         raise _Invalid("member.user_id must be the sender")
     device_id = _get(member, "device_id", str, True)
     member_id = _get(member, "id", str, True)
-    transports = _transports(c.get("rtc_transports"), "rtc_transports")
-    if "rtc_transports" not in c:
-        raise _Invalid("missing rtc_transports")
+    transports = _rtc_transports(c)
     versions = _get(c, "versions", list, True)
     if not all(isinstance(v, str) for v in versions):
         raise _Invalid("versions must be strings")

@@ -117,7 +117,8 @@ class MembershipManager:
     def content(self, iteration: int = 1) -> dict[str, Any]:
         assert self.transport is not None
         if self.sticky:
-            # js strips livekit_alias from rtc_transports; versions is always [].
+            # As matrix-js-sdk 43 (the reference) sends it: no livekit_alias, versions [].
+            # rtc_transports is the same list in the shape js's later develop branch reads.
             transport = {k: v for k, v in self.transport.items() if k != "livekit_alias"}
             return {
                 "slot_id": DEFAULT_SLOT_ID,
@@ -127,6 +128,7 @@ class MembershipManager:
                     "device_id": self.client.device_id,
                     "id": self.member_id,
                 },
+                "transports": {"published": [transport], "can_subscribe": ["livekit"]},
                 "rtc_transports": [transport],
                 "versions": [],
                 STICKY_KEY: self.member_id,
