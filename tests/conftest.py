@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,19 @@ from bot.app import CallBot
 from bot.config import Config, parse_config
 from tests.peer import Peer
 from tests.synapse import Account, Synapse
+
+
+@pytest.fixture(scope="session")
+def netns_addrs() -> tuple[str, str]:
+    """The two veth addresses of the namespace scripts/netns-run.sh made (media tests)."""
+    addrs = os.environ.get("CALLBOT_NETNS_ADDRS", "")
+    if not addrs:
+        pytest.skip(
+            "needs the private network namespace of scripts/netns-run.sh (libwebrtc ignores "
+            "loopback): run scripts/test.sh as root"
+        )
+    first, second = addrs.split(",")
+    return first, second
 
 
 @pytest.fixture(scope="session")
