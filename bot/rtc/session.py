@@ -180,11 +180,11 @@ class MatrixRTCSession:
         """
         if self.is_joined and self.sfu is not None:
             return self.sfu
+        member_id = await self._manager.prepare()
         await self._check_power_level()
         transport = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
         if transport is None:
             transport = self.active_transport() or await discover_transport(self.client, self.cfg)
-        member_id = await self._manager.prepare()
         self.sfu = await sfu_access(
             self.client, self.cfg, transport, self.room_id, member_id=member_id
         )
@@ -208,11 +208,16 @@ class MatrixRTCSession:
         room = self.client.rooms.get(self.room_id)
         if room is None:
             raise RtcError("I am not in this room.")
-        needed = room.power_levels.get_state_event_required_level(LEGACY_TYPE)
+        if self._manager.sticky:  # a timeline event, not state
+            event_type = STICKY_TYPE
+            needed = room.power_levels.get_message_event_required_level(STICKY_TYPE)
+        else:
+            event_type = LEGACY_TYPE
+            needed = room.power_levels.get_state_event_required_level(LEGACY_TYPE)
         mine = await self._power_level_of(self.room_id, self.client.user_id)
         if mine < needed:
             raise RtcError(
-                f"I cannot join the call: sending {LEGACY_TYPE} here needs power level {needed} "
+                f"I cannot join the call: sending {event_type} here needs power level {needed} "
                 f"and I have {mine}. A room admin can fix this by allowing everyone to join calls "
                 '(Element: Room settings → Roles & Permissions → "Join Element calls" → '
                 f"Default), or by raising my power level to {needed}."
