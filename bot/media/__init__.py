@@ -1,0 +1,1 @@
+"""The media side: LiveKit connection, frame routing to plugins, outputs."""

@@ -1,0 +1,211 @@
+"""The plugin API: everything a plugin author needs, and nothing from nio or livekit.
+
+A plugin is a class. It declares the media it wants (``audio``/``video``, or neither), and
+gets typed frames for the call it is in, with the Matrix identity of who is speaking::
+
+    class Loudness(Plugin):
+        name = "loudness"
+        audio = AudioWants(sample_rate=16_000, channels=1, frame_ms=20)
+
+        async def on_audio(self, frame: AudioFrame) -> None:
+            rms = float(np.sqrt(np.mean(frame.pcm.astype(np.float32) ** 2)))
+            self.levels[frame.participant.user_id] = rms
+
+Every hook is async and runs on the event loop; use ``await call.run_blocking(fn, ...)`` for
+CPU work. Each plugin has its own bounded queue: a plugin that falls behind loses its oldest
+frames (``Overflow.DROP_OLDEST``, counted) or, if it asks for ``Overflow.LOSSLESS``, is told
+exactly what it missed through ``on_gap``. A plugin that raises is logged and, after repeated
+failures, disabled for the call; it never ends the call.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Someone in the call: their Matrix identity and their LiveKit identity."""
+
+    user_id: str
+    device_id: str
+    identity: str  # the LiveKit participant identity (rtc backend identity)
+    display_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.display_name or self.user_id
+
+
+@dataclass(frozen=True, eq=False)
+class AudioFrame:
+    """``pcm``: int16 samples, shape (samples, channels), at the rate the plugin asked for.
+
+    ``timestamp`` is seconds since the call started (the bot joined), on one clock for all
+    participants, so frames from different people line up.
+    """
+
+    participant: Participant
+    pcm: np.ndarray
+    sample_rate: int
+    timestamp: float
+
+    @property
+    def channels(self) -> int:
+        return int(self.pcm.shape[1])
+
+    @property
+    def duration(self) -> float:
+        return self.pcm.shape[0] / self.sample_rate
+
+
+@dataclass(frozen=True, eq=False)
+class VideoFrame:
+    """``image``: height x width x channels uint8 (``format`` "rgb24" or "rgba"), or for
+    "yuv420p" the planar bytes as one flat array."""
+
+    participant: Participant
+    image: np.ndarray
+    format: str
+    width: int
+    height: int
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Frames a LOSSLESS plugin did not get (its queue was full): what, whose, how many."""
+
+    kind: str  # "audio" or "video"
+    participant: Participant
+    frames: int
+    start: float  # timestamp of the first missing frame
+    end: float  # timestamp just after the last missing frame
+
+
+class ParticipantChange(enum.Enum):
+    JOINED = "joined"
+    LEFT = "left"
+    MUTED = "muted"
+    UNMUTED = "unmuted"
+    SPEAKING = "speaking"
+    SILENT = "silent"
+
+
+@dataclass(frozen=True)
+class ParticipantEvent:
+    change: ParticipantChange
+    participant: Participant
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class AudioWants:
+    sample_rate: int = 48_000
+    channels: int = 1
+    frame_ms: int = 20
+
+    def __post_init__(self) -> None:
+        if self.sample_rate not in (8_000, 16_000, 24_000, 32_000, 44_100, 48_000):
+            raise ValueError(f"unsupported sample rate {self.sample_rate}")
+        if self.channels not in (1, 2):
+            raise ValueError("channels must be 1 or 2")
+        if self.frame_ms not in (10, 20, 40, 60, 100):
+            raise ValueError("frame_ms must be 10, 20, 40, 60 or 100")
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.sample_rate * self.frame_ms // 1000
+
+
+@dataclass(frozen=True)
+class VideoWants:
+    fps: float = 15.0
+    format: str = "rgb24"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fps <= 60:
+            raise ValueError("fps must be in (0, 60]")
+        if self.format not in ("rgb24", "rgba", "yuv420p"):
+            raise ValueError(f"unsupported pixel format {self.format!r}")
+
+
+class Overflow(enum.Enum):
+    """What happens when a plugin's queue is full."""
+
+    #: Live uses (captions, previews): drop the oldest frame, count it.
+    DROP_OLDEST = "drop_oldest"
+    #: Complete uses (recording): keep the queued frames, drop the new one, and deliver a
+    #: ``Gap`` telling the plugin exactly what it missed.
+    LOSSLESS = "lossless"
+
+
+class CallContext(Protocol):
+    """What a plugin can do in the call it is in."""
+
+    room_id: str
+
+    def participants(self) -> list[Participant]: ...
+
+    def opted_out(self, user_id: str) -> bool: ...
+
+    async def post(self, text: str, html: str | None = None) -> str: ...
+
+    async def edit(self, event_id: str, text: str, html: str | None = None) -> str: ...
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+class Plugin:
+    """Subclass this. Override only the hooks you need; all are optional."""
+
+    #: Unique name; also the config section ``[plugins.<name>]``.
+    name: ClassVar[str] = ""
+    audio: ClassVar[AudioWants | None] = None
+    video: ClassVar[VideoWants | None] = None
+    overflow: ClassVar[Overflow] = Overflow.DROP_OLDEST
+    #: Frames the plugin's queue holds (audio and video together).
+    queue_size: ClassVar[int] = 250
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.name or not cls.name.replace("_", "").replace("-", "").isalnum():
+            raise TypeError(f"{cls.__qualname__}: set name to a short word (letters, digits, -_)")
+        if cls.queue_size < 1:
+            raise TypeError(f"{cls.__qualname__}: queue_size must be at least 1")
+
+    async def on_call_start(self, call: CallContext) -> None:
+        """The bot is in a call; keep ``call`` to post or publish."""
+
+    async def on_call_end(self) -> None:
+        """The call is over (or the bot left): flush and close what you have."""
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        """One audio frame of one participant, as declared in ``audio``."""
+
+    async def on_video(self, frame: VideoFrame) -> None:
+        """One video frame of one participant, as declared in ``video``."""
+
+    async def on_gap(self, gap: Gap) -> None:
+        """Frames that were lost before reaching you (LOSSLESS plugins only)."""
+
+    async def on_participant(self, event: ParticipantEvent) -> None:
+        """Someone joined, left, muted, unmuted, started or stopped speaking."""
+
+
+@dataclass
+class PluginStats:
+    """Counters the router keeps per plugin (shown in !status)."""
+
+    delivered: int = 0
+    dropped: int = 0
+    errors: int = 0
+    disabled: bool = False
+    last_error: str | None = field(default=None, repr=False)
