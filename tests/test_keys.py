@@ -92,7 +92,7 @@ def test_rotation_rules() -> None:
     a, b, c = ("@a:x", "A", 1), ("@b:x", "B", 2), ("@c:x", "C", 3)
 
     first = own.plan([a])
-    assert (first.key.index, first.targets, first.rotated) == (0, {a}, False)
+    assert (first.key.index, first.targets, first.rotated, first.first) == (0, {a}, False, True)
     assert own.plan([a]) is None  # nothing changed
 
     clock.t = 5.0  # a join within the grace period: the current key, to the joiner only
