@@ -1,0 +1,189 @@
+"""One call's media: the LiveKit connection, subscribed tracks turned into plugin frames,
+participant events, and published outputs.
+
+Only what plugins asked for is produced: for every remote audio track there is one
+``AudioStream`` per distinct ``AudioWants`` (the SDK resamples and frames it), and none when
+no plugin wants audio. LiveKit identities are mapped to Matrix identities through the call's
+memberships (``rtc_backend_identity``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from livekit import rtc
+
+from bot.log import context
+from bot.media.connection import MediaConnection
+from bot.media.router import FrameRouter
+from bot.plugin import (
+    AudioFrame,
+    AudioWants,
+    Participant,
+    ParticipantChange,
+    ParticipantEvent,
+)
+from bot.rtc.focus import SfuAccess
+from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession
+
+log = logging.getLogger(__name__)
+
+
+class CallMedia:
+    def __init__(
+        self,
+        session: MatrixRTCSession,
+        router: FrameRouter,
+        get_access: Callable[[], Awaitable[SfuAccess]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.router = router
+        self.connection = MediaConnection(session.room_id, get_access)
+        self._clock = clock
+        self._t0 = clock()
+        self._streams: dict[tuple[str, str], list[asyncio.Task[None]]] = {}
+        self._outputs: list[AudioOutput] = []
+        self._ctx = context(room=session.room_id)
+        session.encryption_key_changed.connect(self._on_key)
+
+    def now(self) -> float:
+        """Seconds since the bot joined the call: the one clock of all frames."""
+        return self._clock() - self._t0
+
+    async def start(self) -> None:
+        room = self.connection.room
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("track_unsubscribed", self._on_track_unsubscribed)
+        room.on("participant_connected", self._on_participant(ParticipantChange.JOINED))
+        room.on("participant_disconnected", self._on_participant(ParticipantChange.LEFT))
+        room.on("track_muted", self._on_mute(ParticipantChange.MUTED))
+        room.on("track_unmuted", self._on_mute(ParticipantChange.UNMUTED))
+        await self.connection.connect()
+
+    async def stop(self) -> None:
+        self.session.encryption_key_changed.disconnect(self._on_key)
+        for output in self._outputs:
+            await output.close()
+        for tasks in self._streams.values():
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(
+            *(t for ts in self._streams.values() for t in ts), return_exceptions=True
+        )
+        self._streams.clear()
+        await self.connection.close()
+
+    # ------------------------------------------------------------------ identities and keys
+
+    def participant(self, identity: str, name: str | None = None) -> Participant:
+        """The Matrix side of a LiveKit participant (falls back to the identity itself)."""
+        for m in self.session.memberships:
+            if m.rtc_backend_identity == identity:
+                return Participant(m.user_id, m.device_id, identity, name or None)
+        user, _, device = identity.rpartition(":")
+        return Participant(user or identity, device, identity, name or None)
+
+    def _on_key(self, change: EncryptionKeyChanged) -> None:
+        self.connection.set_key(change.identity, change.key, change.own)
+
+    # ------------------------------------------------------------------ incoming media
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        remote: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO:
+            return  # video frames arrive with the video plugins (later)
+        who = self.participant(remote.identity, remote.name)
+        tasks = [
+            asyncio.create_task(self._pump_audio(track, wants, who))
+            for wants in self.router.audio_wants()
+        ]
+        self._streams[(remote.identity, publication.sid)] = tasks
+
+    def _on_track_unsubscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        remote: rtc.RemoteParticipant,
+    ) -> None:
+        for task in self._streams.pop((remote.identity, publication.sid), []):
+            task.cancel()
+
+    async def _pump_audio(self, track: rtc.Track, wants: AudioWants, who: Participant) -> None:
+        stream = rtc.AudioStream.from_track(
+            track=track,
+            sample_rate=wants.sample_rate,
+            num_channels=wants.channels,
+            frame_size_ms=wants.frame_ms,
+        )
+        try:
+            async for event in stream:
+                frame = event.frame
+                pcm = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, wants.channels)
+                duration = pcm.shape[0] / wants.sample_rate
+                self.router.push_audio(
+                    wants, AudioFrame(who, pcm.copy(), wants.sample_rate, self.now() - duration)
+                )
+        finally:
+            await stream.aclose()
+
+    def _on_participant(self, change: ParticipantChange) -> Callable[[rtc.RemoteParticipant], None]:
+        def handler(remote: rtc.RemoteParticipant) -> None:
+            who = self.participant(remote.identity, remote.name)
+            self.router.push_event(ParticipantEvent(change, who, self.now()))
+
+        return handler
+
+    def _on_mute(self, change: ParticipantChange) -> Callable[..., None]:
+        def handler(participant: rtc.Participant, publication: rtc.TrackPublication) -> None:
+            if participant.identity == self.connection.identity:
+                return
+            who = self.participant(participant.identity, participant.name)
+            self.router.push_event(ParticipantEvent(change, who, self.now()))
+
+        return handler
+
+    # ------------------------------------------------------------------ outgoing media
+
+    async def publish_audio(
+        self, name: str, sample_rate: int = 48_000, channels: int = 1
+    ) -> AudioOutput:
+        """A new encrypted audio track of the bot's, for a plugin to write PCM into."""
+        source = rtc.AudioSource(sample_rate, channels)
+        track = rtc.LocalAudioTrack.create_audio_track(name, source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self.connection.room.local_participant.publish_track(track, options)
+        self.connection.own_tracks_published()
+        output = AudioOutput(source, track, sample_rate, channels)
+        self._outputs.append(output)
+        log.info("publishing audio track %s", name, extra=self._ctx)
+        return output
+
+
+class AudioOutput:
+    """PCM in, encrypted Opus out. ``write`` paces itself: the SDK's queue holds 1 s."""
+
+    def __init__(
+        self, source: rtc.AudioSource, track: rtc.LocalAudioTrack, sample_rate: int, channels: int
+    ) -> None:
+        self._source = source
+        self.track = track
+        self.sample_rate = sample_rate
+        self.channels = channels
+
+    async def write(self, pcm: np.ndarray) -> None:
+        """int16 samples, shape (samples, channels); waits while the queue is full."""
+        samples = np.ascontiguousarray(pcm, dtype=np.int16).reshape(-1, self.channels)
+        frame = rtc.AudioFrame(samples.tobytes(), self.sample_rate, self.channels, samples.shape[0])
+        await self._source.capture_frame(frame)
+
+    async def close(self) -> None:
+        await self._source.aclose()
