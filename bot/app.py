@@ -15,6 +15,7 @@ from bot.config import Config
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage
+from bot.media.calls import CallMediaManager
 from bot.rtc.commands import CallCommands
 from bot.rtc.manager import MatrixRTCSessionManager
 
@@ -32,6 +33,7 @@ class CallBot:
         self.config = config
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
+        self.media = CallMediaManager(self.matrix, self.rtc)
         self.call_commands = CallCommands(self.rtc)
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
@@ -62,6 +64,7 @@ class CallBot:
 
     async def stop(self) -> None:
         await self.dispatcher.drain()
+        await self.media.stop()
         if self.matrix.started:
             await self.rtc.stop()
         await self.matrix.stop()

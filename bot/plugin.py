@@ -147,6 +147,17 @@ class Overflow(enum.Enum):
     LOSSLESS = "lossless"
 
 
+class AudioOut(Protocol):
+    """An encrypted audio track of the bot's in the call."""
+
+    sample_rate: int
+    channels: int
+
+    async def write(self, pcm: np.ndarray) -> None:
+        """int16 samples, shape (samples, channels); waits while the outgoing queue is full."""
+        ...
+
+
 class CallContext(Protocol):
     """What a plugin can do in the call it is in."""
 
@@ -159,6 +170,10 @@ class CallContext(Protocol):
     async def post(self, text: str, html: str | None = None) -> str: ...
 
     async def edit(self, event_id: str, text: str, html: str | None = None) -> str: ...
+
+    async def publish_audio(
+        self, name: str, sample_rate: int = 48_000, channels: int = 1
+    ) -> AudioOut: ...
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
 

@@ -29,6 +29,16 @@ def notice(text: str, html: str | None = None) -> dict[str, Any]:
     return content
 
 
+def edit(event_id: str, new: dict[str, Any]) -> dict[str, Any]:
+    """An edit (``m.replace``) of ``event_id`` to the content ``new``."""
+    return {
+        **new,
+        "body": f"* {new.get('body', '')}",
+        "m.new_content": new,
+        "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+    }
+
+
 def thread_root_of(content: dict[str, Any]) -> str | None:
     """The thread an event belongs to, from its ``m.relates_to``."""
     rel = content.get("m.relates_to")

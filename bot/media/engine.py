@@ -63,6 +63,8 @@ class CallMedia:
         room.on("participant_disconnected", self._on_participant(ParticipantChange.LEFT))
         room.on("track_muted", self._on_mute(ParticipantChange.MUTED))
         room.on("track_unmuted", self._on_mute(ParticipantChange.UNMUTED))
+        for change in self.session.current_keys():  # announced before we listened
+            self._on_key(change)
         await self.connection.connect()
 
     async def stop(self) -> None:

@@ -40,6 +40,8 @@ class MatrixRTCSessionManager:
         self._sticky: dict[str, StickyStore] = {}
         self.session_started: Signal[MatrixRTCSession] = Signal("session_started")
         self.session_ended: Signal[MatrixRTCSession] = Signal("session_ended")
+        #: a room's session object was made (before any call event of it)
+        self.session_created: Signal[MatrixRTCSession] = Signal("session_created")
         sticky.install()
         matrix.on_sync(self._on_sync)
         matrix.on_to_device(self._on_to_device)
@@ -57,6 +59,7 @@ class MatrixRTCSessionManager:
             )
             session.memberships_changed.connect(lambda change, s=session: self._announce(s, change))
             self._sessions[room_id] = session
+            self.session_created.emit(session)
             self._update(room_id)
         return session
 

@@ -99,6 +99,8 @@ class MatrixRTCSession:
         self._manager = MembershipManager(client, room_id, cfg, self.membership_manager_error.emit)
         self._own_key = OwnKey(grace_ms=cfg.key_rotation_grace_ms)
         self._received = ReceivedKeys()
+        #: every key announced since joining, by (identity, index): for late listeners
+        self._announced: dict[tuple[str, int], EncryptionKeyChanged] = {}
         self._distributing = asyncio.Lock()
         self._redistribute = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,6 +127,14 @@ class MatrixRTCSession:
     @property
     def own_key(self) -> MediaKey | None:
         return self._own_key.current
+
+    def current_keys(self) -> list[EncryptionKeyChanged]:
+        """The keys announced since we joined (the latest per identity and index)."""
+        return list(self._announced.values())
+
+    def _announce_key(self, change: EncryptionKeyChanged) -> None:
+        self._announced[(change.identity, change.key.index)] = change
+        self.encryption_key_changed.emit(change)
 
     def has_key_from(self, m: CallMembership) -> bool:
         return self._received.has_key_from(m.user_id, m.device_id)
@@ -229,6 +239,7 @@ class MatrixRTCSession:
         ok = await self._manager.leave(timeout_s)
         self._own_key.reset()
         self._received.clear()
+        self._announced.clear()
         self.sfu = None
         if was_joined:
             self.join_state_changed.emit(JoinStateChanged(False))
@@ -312,7 +323,7 @@ class MatrixRTCSession:
                 self._emit_own_key(plan.key)
 
     def _emit_own_key(self, key: MediaKey) -> None:
-        self.encryption_key_changed.emit(EncryptionKeyChanged(key, self.own_identity, None, True))
+        self._announce_key(EncryptionKeyChanged(key, self.own_identity, None, True))
 
     def handle_key_event(self, event: todevice.DecryptedToDeviceEvent) -> None:
         """A decrypted key event whose sender device the caller has checked."""
@@ -347,9 +358,7 @@ class MatrixRTCSession:
             k.key.index,
             extra=context(room=self.room_id, user=k.user_id),
         )
-        self.encryption_key_changed.emit(
-            EncryptionKeyChanged(k.key, member.rtc_backend_identity, member, False)
-        )
+        self._announce_key(EncryptionKeyChanged(k.key, member.rtc_backend_identity, member, False))
 
     def _apply_pending_keys(self) -> None:
         devices = {m.device_key for m in self.memberships}

@@ -1,0 +1,130 @@
+"""Media for every call the bot joins: a connection, a router and fresh plugin instances per
+call, started when the bot joins and stopped when it leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from bot.log import context
+from bot.matrix.client import MatrixClient
+from bot.media.engine import AudioOutput, CallMedia
+from bot.media.router import FrameRouter, PluginRunner
+from bot.plugin import Participant, Plugin
+from bot.rtc.focus import SfuAccess
+from bot.rtc.manager import MatrixRTCSessionManager
+from bot.rtc.session import JoinStateChanged, MatrixRTCSession
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PluginFactory = Callable[[], Plugin]
+
+
+class Call:
+    """What a plugin gets in ``on_call_start``: the call it is in (``bot.plugin.CallContext``)."""
+
+    def __init__(self, matrix: MatrixClient, session: MatrixRTCSession, media: CallMedia) -> None:
+        self._matrix = matrix
+        self._session = session
+        self._media = media
+        self.room_id = session.room_id
+
+    def participants(self) -> list[Participant]:
+        room = self._matrix.nio.rooms.get(self.room_id)
+        result = []
+        for m in self._session.memberships:
+            name = room.user_name(m.user_id) if room is not None else None
+            result.append(Participant(m.user_id, m.device_id, m.rtc_backend_identity, name))
+        return result
+
+    def opted_out(self, user_id: str) -> bool:
+        return False  # consent (!optout) arrives with the recorder
+
+    async def post(self, text: str, html: str | None = None) -> str:
+        from bot.matrix.messages import notice
+
+        return await self._matrix.send(self.room_id, notice(text, html))
+
+    async def edit(self, event_id: str, text: str, html: str | None = None) -> str:
+        from bot.matrix.messages import edit, notice
+
+        return await self._matrix.send(self.room_id, edit(event_id, notice(text, html)))
+
+    async def publish_audio(
+        self, name: str, sample_rate: int = 48_000, channels: int = 1
+    ) -> AudioOutput:
+        return await self._media.publish_audio(name, sample_rate, channels)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+
+class CallMediaManager:
+    def __init__(self, matrix: MatrixClient, rtc: MatrixRTCSessionManager) -> None:
+        self.matrix = matrix
+        self.plugins: list[PluginFactory] = []
+        self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
+        rtc.session_created.connect(self._watch)
+
+    def add_plugin(self, factory: PluginFactory) -> None:
+        """A plugin (class or factory) to run in every call the bot joins."""
+        self.plugins.append(factory)
+
+    def runners(self, room_id: str) -> list[PluginRunner]:
+        call = self._calls.get(room_id)
+        return call[1].runners if call else []
+
+    def _watch(self, session: MatrixRTCSession) -> None:
+        async def on_join_state(change: JoinStateChanged) -> None:
+            if change.joined:
+                await self._start(session)
+            else:
+                await self._stop(session.room_id)
+
+        session.join_state_changed.connect(on_join_state)
+
+    async def _start(self, session: MatrixRTCSession) -> None:
+        ctx = context(room=session.room_id)
+        router = FrameRouter()
+
+        async def access() -> SfuAccess:
+            if session.sfu is None:
+                raise RuntimeError("not in the call")
+            return session.sfu
+
+        media = CallMedia(session, router, access)
+        self._calls[session.room_id] = (media, router)
+        plugins = [factory() for factory in self.plugins]
+        for plugin in plugins:
+            router.add(plugin)
+        try:
+            await media.start()
+        except Exception:
+            log.exception("could not connect to the call's SFU", extra=ctx)
+            return
+        call = Call(self.matrix, session, media)
+        for plugin in plugins:
+            try:
+                await plugin.on_call_start(call)
+            except Exception:
+                log.exception("plugin %s failed to start", plugin.name, extra=ctx)
+
+    async def _stop(self, room_id: str) -> None:
+        entry = self._calls.pop(room_id, None)
+        if entry is None:
+            return
+        media, router = entry
+        await router.stop()
+        for runner in router.runners:
+            try:
+                await runner.plugin.on_call_end()
+            except Exception:
+                log.exception("plugin %s failed to stop", runner.name, extra=context(room=room_id))
+        await media.stop()
+
+    async def stop(self) -> None:
+        for room_id in list(self._calls):
+            await self._stop(room_id)
