@@ -57,6 +57,8 @@ class PluginRunner:
         self._frames_queued = 0
         self._gaps: dict[tuple[str, str], _PendingGap] = {}
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the queue is empty and nothing is running
+        self._idle.set()
         self._errors: collections.deque[float] = collections.deque()
         self._on_disabled = on_disabled
         self._clock = clock
@@ -98,11 +100,13 @@ class PluginRunner:
         self._flush_gap(frame)
         self._queue.append(frame)
         self._frames_queued += 1
+        self._idle.clear()
         self._wake.set()
 
     def push_event(self, event: ParticipantEvent) -> None:
         if not self.stats.disabled:
             self._queue.append(event)
+            self._idle.clear()
             self._wake.set()
 
     def _drop_oldest_frame(self) -> None:
@@ -136,9 +140,14 @@ class PluginRunner:
 
     # ------------------------------------------------------------------ consumer side
 
+    async def drained(self) -> None:
+        """Wait until the plugin has handled everything queued (tests, shutdown)."""
+        await self._idle.wait()
+
     async def _run(self) -> None:
         while True:
             while not self._queue:
+                self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
             item = self._queue.popleft()
