@@ -34,7 +34,7 @@ class CallBot:
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
         self.media = CallMediaManager(self.matrix, self.rtc)
-        self.call_commands = CallCommands(self.rtc)
+        self.call_commands = CallCommands(self.rtc, self.media.e2ee_state)
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
         self.registry.register(self.call_commands)

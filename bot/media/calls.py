@@ -73,6 +73,15 @@ class CallMediaManager:
         """A plugin (class or factory) to run in every call the bot joins."""
         self.plugins.append(factory)
 
+    def media(self, room_id: str) -> CallMedia | None:
+        call = self._calls.get(room_id)
+        return call[0] if call else None
+
+    def e2ee_state(self, room_id: str, identity: str) -> str | None:
+        """How decrypting a participant's media goes (for !status)."""
+        media = self.media(room_id)
+        return media.e2ee_state(identity) if media else None
+
     def runners(self, room_id: str) -> list[PluginRunner]:
         call = self._calls.get(room_id)
         return call[1].runners if call else []
@@ -95,7 +104,12 @@ class CallMediaManager:
                 raise RuntimeError("not in the call")
             return session.sfu
 
-        media = CallMedia(session, router, access)
+        async def notify(text: str) -> str:
+            from bot.matrix.messages import notice
+
+            return await self.matrix.send(session.room_id, notice(text))
+
+        media = CallMedia(session, router, access, notify)
         self._calls[session.room_id] = (media, router)
         plugins = [factory() for factory in self.plugins]
         for plugin in plugins:

@@ -32,6 +32,23 @@ from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession
 
 log = logging.getLogger(__name__)
 
+#: Tell the room when someone's media has not decrypted for this long.
+UNDECRYPTABLE_NOTICE_S = 5.0
+_E2EE_STATES = {
+    rtc.EncryptionState.NEW: "waiting",
+    rtc.EncryptionState.OK: "decrypting",
+    rtc.EncryptionState.KEY_RATCHETED: "decrypting",
+    rtc.EncryptionState.MISSING_KEY: "no key for their media",
+    rtc.EncryptionState.DECRYPTION_FAILED: "their media does not decrypt with their key",
+    rtc.EncryptionState.ENCRYPTION_FAILED: "encryption failed",
+    rtc.EncryptionState.INTERNAL_ERROR: "encryption error",
+}
+_BAD_STATES = {
+    rtc.EncryptionState.MISSING_KEY,
+    rtc.EncryptionState.DECRYPTION_FAILED,
+    rtc.EncryptionState.INTERNAL_ERROR,
+}
+
 
 class CallMedia:
     def __init__(
@@ -39,9 +56,16 @@ class CallMedia:
         session: MatrixRTCSession,
         router: FrameRouter,
         get_access: Callable[[], Awaitable[SfuAccess]],
+        notify: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
+        self._notify = notify
+        #: per LiveKit identity: the last end-to-end encryption state the SDK reported
+        self.e2ee_states: dict[str, rtc.EncryptionState] = {}
+        self._notified: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._notice_tasks: set[asyncio.Task[None]] = set()
         self.router = router
         self.connection = MediaConnection(session.room_id, get_access)
         self._clock = clock
@@ -63,12 +87,15 @@ class CallMedia:
         room.on("participant_disconnected", self._on_participant(ParticipantChange.LEFT))
         room.on("track_muted", self._on_mute(ParticipantChange.MUTED))
         room.on("track_unmuted", self._on_mute(ParticipantChange.UNMUTED))
+        room.on("e2ee_state_changed", self._on_e2ee_state)
         for change in self.session.current_keys():  # announced before we listened
             self._on_key(change)
         await self.connection.connect()
 
     async def stop(self) -> None:
         self.session.encryption_key_changed.disconnect(self._on_key)
+        for timer in self._timers.values():
+            timer.cancel()
         for output in self._outputs:
             await output.close()
         for tasks in self._streams.values():
@@ -92,6 +119,53 @@ class CallMedia:
 
     def _on_key(self, change: EncryptionKeyChanged) -> None:
         self.connection.set_key(change.identity, change.key, change.own)
+
+    # ------------------------------------------------------------------ E2EE diagnostics
+
+    def e2ee_state(self, identity: str) -> str | None:
+        """How decrypting this participant's media goes, in words (None: nothing seen yet)."""
+        state = self.e2ee_states.get(identity)
+        return None if state is None else _E2EE_STATES.get(state, str(state))
+
+    def _on_e2ee_state(self, participant: rtc.Participant, state: rtc.EncryptionState) -> None:
+        identity = participant.identity
+        if identity == self.connection.identity:
+            return
+        self.e2ee_states[identity] = state
+        timer = self._timers.pop(identity, None)
+        if timer is not None:
+            timer.cancel()
+        if state in _BAD_STATES and identity not in self._notified:
+            self._timers[identity] = asyncio.get_running_loop().call_later(
+                UNDECRYPTABLE_NOTICE_S, self._still_undecryptable, identity
+            )
+        elif state not in _BAD_STATES:
+            self._notified.discard(identity)
+
+    def _still_undecryptable(self, identity: str) -> None:
+        self._timers.pop(identity, None)
+        state = self.e2ee_states.get(identity)
+        if state not in _BAD_STATES or self._notify is None:
+            return
+        self._notified.add(identity)
+        who = self.participant(identity)
+        text = (
+            f"I cannot decrypt the media of {who.name} ({who.device_id}): "
+            f"{_E2EE_STATES[state]}. If this persists, they may need to rejoin the call."
+        )
+        log.warning(
+            "media of %s stays undecryptable: %s", identity, _E2EE_STATES[state], extra=self._ctx
+        )
+        task = asyncio.create_task(self._post_notice(text))
+        self._notice_tasks.add(task)
+        task.add_done_callback(self._notice_tasks.discard)
+
+    async def _post_notice(self, text: str) -> None:
+        assert self._notify is not None
+        try:
+            await self._notify(text)
+        except Exception:
+            log.exception("could not tell the room about undecryptable media", extra=self._ctx)
 
     # ------------------------------------------------------------------ incoming media
 

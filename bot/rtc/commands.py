@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bot.commands.registry import CommandContext, command
 from bot.errors import CommandError
 from bot.matrix.rest import MatrixHttpError
@@ -12,9 +14,13 @@ from bot.rtc.session import MatrixRTCSession
 LEAVE_TIMEOUT_S = 5.0
 
 
+MediaState = Callable[[str, str], str | None]
+
+
 class CallCommands:
-    def __init__(self, rtc: MatrixRTCSessionManager) -> None:
+    def __init__(self, rtc: MatrixRTCSessionManager, media_state: MediaState | None = None):
         self.rtc = rtc
+        self.media_state = media_state
 
     @command(help="Join this room's call, or start one")
     async def join(self, ctx: CommandContext) -> None:
@@ -46,14 +52,16 @@ class CallCommands:
     def status_lines(self) -> list[str]:
         """One block per call the bot is in or sees, for ``!status``."""
         return [
-            line for s in self.rtc.active_sessions() + self._joined_only() for line in describe(s)
+            line
+            for s in self.rtc.active_sessions() + self._joined_only()
+            for line in describe(s, self.media_state)
         ]
 
     def _joined_only(self) -> list[MatrixRTCSession]:
         return [s for s in self.rtc.joined_sessions() if not s.memberships]
 
 
-def describe(session: MatrixRTCSession) -> list[str]:
+def describe(session: MatrixRTCSession, media_state: MediaState | None = None) -> list[str]:
     me = (session.client.user_id, session.client.device_id)
     if session.is_joined:
         key = session.own_key
@@ -72,5 +80,8 @@ def describe(session: MatrixRTCSession) -> list[str]:
             state = "key received" if session.has_key_from(m) else "no key yet"
         else:
             state = "member"
+        media = media_state(session.room_id, m.rtc_backend_identity) if media_state else None
+        if media and m.device_key != me:
+            state += f", media: {media}"
         lines.append(f"  {m.user_id} ({m.device_id}): {state}")
     return lines
