@@ -38,6 +38,32 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a config file: exit 0 if good, 2 with the problems if not"
     )
     check.add_argument("file", help="the config file to check")
+
+    dev = sub.add_parser(
+        "dev-sfu",
+        help="run a LiveKit-compatible SFU and MatrixRTC JWT service (for tests and the demo "
+        "only; production uses LiveKit)",
+        description="A loopback LiveKit-compatible SFU with the MatrixRTC JWT service on one "
+        "port: LiveKit at ws://HOST:PORT, /sfu/get and /get_token at http://HOST:PORT. For "
+        "tests and the demo only; production uses LiveKit.",
+    )
+    dev.add_argument(
+        "--host",
+        required=True,
+        help="address to bind; ICE uses only this one, and libwebrtc ignores loopback addresses",
+    )
+    dev.add_argument("--port", type=int, default=7880, help="port (default: %(default)s)")
+    dev.add_argument(
+        "--homeserver",
+        required=True,
+        help="base URL of the homeserver that checks OpenID tokens for the JWT service",
+    )
+    # The defaults of livekit-server --dev (bot.devsfu.auth; not imported here, to stay fast)
+    dev.add_argument("--api-key", default="devkey", help="LiveKit API key (default: %(default)s)")
+    dev.add_argument(
+        "--api-secret", default="secret", help="LiveKit API secret (default: %(default)s)"
+    )
+    dev.add_argument("--log-level", default="INFO", help="log level (default: %(default)s)")
     return p
 
 
@@ -45,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "dev-sfu":
+        return _dev_sfu(args)
     return _run(args.config)
 
 
@@ -88,3 +116,27 @@ def _run(path: str) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _dev_sfu(args: argparse.Namespace) -> int:
+    from bot.devsfu import serve
+    from bot.log import register_secret, setup_logging
+
+    register_secret(args.api_secret)
+    setup_logging(args.log_level.upper())
+    try:
+        asyncio.run(
+            serve(
+                args.host,
+                args.port,
+                homeserver=args.homeserver,
+                api_key=args.api_key,
+                api_secret=args.api_secret,
+            )
+        )
+    except CallbotError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,239 @@
+"""The bot's media in a real call: a matrix-js-sdk participant (Matrix side) with a livekit
+SDK client (media side) publishes an encrypted tone through the dev SFU; a plugin in the bot
+gets it, attributed to the right Matrix user; the bot's own encrypted tone is heard back.
+Runs inside the network namespace (scripts/netns-run.sh)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from bot.app import CallBot
+from bot.devsfu.server import DevSfu
+from bot.plugin import AudioFrame, AudioWants, CallContext, Plugin
+from bot.rtc.identity import livekit_room_alias
+from bot.rtc.session import MatrixRTCSession
+from tests import lkclient
+from tests.conftest import bot_config, running_bot
+from tests.jspeer import JsPeer, js_peer
+from tests.peer import wait_until
+from tests.synapse import Synapse
+
+TIMEOUT = 30.0
+
+
+class Listener(Plugin):
+    name = "listener"
+    audio = AudioWants(sample_rate=16_000, channels=1, frame_ms=20)
+
+    def __init__(self) -> None:
+        self.frames: list[AudioFrame] = []
+        self.call: CallContext | None = None
+
+    async def on_call_start(self, call: CallContext) -> None:
+        self.call = call
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        self.frames.append(frame)
+
+    def recent(self, user_id: str, seconds: float) -> np.ndarray:
+        mine = [f.pcm[:, 0] for f in self.frames if f.participant.user_id == user_id]
+        wanted = int(seconds * 1000 / self.audio.frame_ms)
+        return np.concatenate(mine[-wanted:]) if len(mine) >= wanted else np.zeros(0)
+
+
+def heard(plugin: Listener, user_id: str, freq: float) -> bool:
+    samples = plugin.recent(user_id, 0.5)
+    if samples.size == 0 or lkclient.rms(samples) < 300:
+        return False
+    return abs(lkclient.dominant_frequency(samples, 16_000) - freq) < 15
+
+
+@pytest.fixture
+async def sfu(synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIterator[DevSfu]:
+    server = DevSfu(homeserver=synapse.url)
+    await server.start(netns_addrs[0])
+    yield server
+    await server.stop()
+
+
+async def sine(output, freq: float, stop: asyncio.Event) -> None:
+    rate, n = output.sample_rate, output.sample_rate // 50
+    t = 0
+    while not stop.is_set():
+        idx = np.arange(t, t + n)
+        pcm = (0.3 * 32767 * np.sin(2 * math.pi * freq * idx / rate)).astype(np.int16)
+        await output.write(pcm.reshape(-1, 1))
+        t += n
+
+
+@dataclass
+class Scene:
+    """The bot and alice (matrix-js-sdk for Matrix, a livekit client for media) in a call."""
+
+    bot: CallBot
+    alice: JsPeer
+    lk: lkclient.Client
+    room: str
+    session: MatrixRTCSession
+    bot_identity: str
+    listener: Listener
+
+    async def key_from(self, identity: str, index: int | None = None, own: bool = False):
+        """A key alice's Matrix side holds (her own, or someone's), as a key event."""
+        return await self.alice.wait_event(
+            lambda e: (
+                e["event"] == "key"
+                and e["own"] == own
+                and (own or e["identity"] == identity)
+                and (index is None or e["index"] == index)
+            ),
+            TIMEOUT,
+        )
+
+    def install(self, event: dict, identity: str) -> None:
+        self.lk.set_key(identity, base64.b64decode(event["key"]), event["index"])
+
+
+@contextlib.asynccontextmanager
+async def scene(synapse: Synapse, sfu: DevSfu, tmp_path: Path) -> AsyncIterator[Scene]:
+    bot_account = synapse.register("bot")
+    focus = {"type": "livekit", "livekit_service_url": sfu.http_url}
+    config = bot_config(synapse, bot_account, tmp_path / "data")
+    async with running_bot(config) as bot, js_peer(synapse, tmp_path, "alice") as alice:
+        room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
+        await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
+        await alice.call("rtc_join", room_id=room, foci=[focus])
+        session = bot.rtc.get_room_session(room)
+        await wait_until(lambda: session.memberships, TIMEOUT, "alice's membership")
+        listener = Listener()
+        bot.media.add_plugin(lambda: listener)
+        access = await session.join()  # /sfu/get on the dev SFU, OpenID checked by Synapse
+        await wait_until(lambda: listener.call is not None, TIMEOUT, "the plugin's call start")
+        lk = await lkclient.connect(
+            sfu.url, alice.identity, livekit_room_alias(room, "m.call#ROOM"), keys={}
+        )
+        s = Scene(bot, alice, lk, room, session, access.identity, listener)
+        try:
+            # alice's media side gets the keys her Matrix side (matrix-js-sdk) holds.
+            s.install(await s.key_from(alice.identity, own=True), alice.identity)
+            s.install(await s.key_from(access.identity), access.identity)
+            yield s
+        finally:
+            await lk.close()
+            await session.leave()
+
+
+async def test_bot_hears_a_participant_and_is_heard(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    async with scene(synapse, sfu, tmp_path) as s:
+        alice, listener, bot, room = s.alice, s.listener, s.bot, s.room
+        tone = lkclient.Tone(440)
+        await tone.publish(s.lk)
+
+        # The plugin hears alice's 440 Hz, attributed to her Matrix identity.
+        await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz")
+        frame = next(f for f in listener.frames if f.participant.user_id == alice.user_id)
+        assert frame.participant.device_id == alice.device_id
+        assert frame.participant.identity == alice.identity
+        assert frame.sample_rate == 16_000 and frame.pcm.dtype == np.int16
+
+        # The bot's tone reaches alice, encrypted with the bot's key, and decrypts.
+        assert {p.user_id for p in listener.call.participants()} == {
+            alice.user_id,
+            bot.matrix.user_id,
+        }
+        output = await listener.call.publish_audio("bot-tone")
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(sine(output, 660, stop))
+        probe = lkclient.AudioProbe(await s.lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
+        result = await probe.tone(timeout=TIMEOUT)
+        assert abs(result.freq - 660) < 15, result
+        stop.set()
+        await feeder
+        await probe.close()
+
+        # E2EE diagnostics: alice's media decrypts, and !status says so.
+        assert bot.media.e2ee_state(room, alice.identity) == "decrypting"
+        status = "\n".join(bot.active_calls())
+        assert f"{alice.user_id} ({alice.device_id}): key received, media: decrypting" in status
+
+        # Someone whose key the bot never got: nothing decrypts, and the room is told.
+        notices: list[str] = []
+        send = bot.matrix.send
+
+        async def recording_send(room_id: str, content: dict) -> str:
+            notices.append(content.get("body", ""))
+            return await send(room_id, content)
+
+        bot.matrix.send = recording_send
+        mallory_id = "@mallory:localhost:MALLORY"
+        mallory = await lkclient.connect(
+            sfu.url, mallory_id, livekit_room_alias(room, "m.call#ROOM"), keys={}
+        )
+        mallory.set_key(mallory_id, b"m" * 16, 0)
+        loud = lkclient.Tone(880)
+        await loud.publish(mallory)
+        await wait_until(
+            lambda: any("cannot decrypt the media of @mallory" in n for n in notices),
+            TIMEOUT,
+            "the room to be told",
+        )
+        assert bot.media.e2ee_state(room, mallory_id) == "no key for their media"
+        assert not heard(listener, "@mallory:localhost", 880)
+        await loud.stop()
+        await mallory.close()
+        await tone.stop()
+
+
+async def test_audio_keeps_flowing_across_key_rotations(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """bob joins and leaves the call: alice and the bot both rotate to key index 1."""
+    async with scene(synapse, sfu, tmp_path) as s, js_peer(synapse, tmp_path, "bob") as bob:
+        alice, listener = s.alice, s.listener
+        tone = lkclient.Tone(440)
+        await tone.publish(s.lk)
+        output = await listener.call.publish_audio("bot-tone")
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(sine(output, 660, stop))
+        await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz")
+
+        await alice.call("invite", room_id=s.room, user_id=bob.user_id)
+        await bob.call("join_room", room_id=s.room)
+        focus = [{"type": "livekit", "livekit_service_url": "http://unused.invalid"}]
+        await bob.call("rtc_join", room_id=s.room, foci=focus)
+        await wait_until(lambda: len(s.session.memberships) == 3, TIMEOUT, "bob in the call")
+        await bob.call("rtc_leave", room_id=s.room)
+
+        # alice's side: her new key and the bot's new key, both at index 1.
+        own_new = await s.key_from(alice.identity, index=1, own=True)
+        bot_new = await s.key_from(s.bot_identity, index=1)
+        s.install(own_new, alice.identity)
+        s.install(bot_new, s.bot_identity)
+        for cryptor in s.lk.room.e2ee_manager.frame_cryptors():  # as Element Call's worker does
+            if cryptor.participant_identity == alice.identity:
+                cryptor.set_key_index(1)
+        await wait_until(
+            lambda: s.session.own_key is not None and s.session.own_key.index == 1, TIMEOUT
+        )
+        listener.frames.clear()
+        await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz after")
+        probe = lkclient.AudioProbe(await s.lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
+        await asyncio.sleep(2.0)  # well past the bot's switch to index 1
+        result = await probe.tone(timeout=TIMEOUT)
+        assert abs(result.freq - 660) < 15, result
+        stop.set()
+        await feeder
+        await probe.close()
+        await tone.stop()
