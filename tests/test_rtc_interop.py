@@ -5,19 +5,33 @@ from __future__ import annotations
 import base64
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bot.devsfu.server import DevSfu
 from bot.rtc.commands import describe
+from bot.rtc.identity import livekit_room_alias
 from bot.rtc.session import EncryptionKeyChanged
 from tests.botproc import BotProcess
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
-from tests.jwt_service import jwt_service
 from tests.peer import wait_until
 from tests.synapse import Synapse
 
 TIMEOUT = 30.0
+
+
+@pytest.fixture
+async def jwt(synapse: Synapse) -> AsyncIterator[DevSfu]:
+    """The dev SFU's MatrixRTC JWT service (media is not used here), checking OpenID tokens
+    against the test Synapse."""
+    sfu = DevSfu(homeserver=synapse.url)
+    await sfu.start("127.0.0.1")
+    yield sfu
+    await sfu.stop()
 
 
 def _members(event: dict[str, Any]) -> set[tuple[str, str]]:
@@ -56,10 +70,12 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-async def test_bot_joins_a_js_call_and_keys_flow_both_ways(synapse: Synapse, tmp_path: Path):
+async def test_bot_joins_a_js_call_and_keys_flow_both_ways(
+    synapse: Synapse, jwt: DevSfu, tmp_path: Path
+):
     bot_account = synapse.register("bot")
-    async with jwt_service(synapse.url) as jwt, js_peer(synapse, tmp_path, "alice") as alice:
-        focus = {"type": "livekit", "livekit_service_url": jwt.url}
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
         config = bot_config(synapse, bot_account, tmp_path / "data")
         async with running_bot(config) as bot:
             room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
@@ -80,17 +96,18 @@ async def test_bot_joins_a_js_call_and_keys_flow_both_ways(synapse: Synapse, tmp
             access = await session.join()
 
             # It followed alice's focus and exchanged an OpenID token for its LiveKit token.
-            assert access.transport["livekit_service_url"] == jwt.url
-            assert jwt.issued == [f"{bot_account.user_id}:{bot.matrix.device_id}"]
-            assert access.identity == jwt.issued[0]
-            assert jwt.requests[0]["room"] == room
+            assert access.transport["livekit_service_url"] == jwt.http_url
+            grant = jwt.authority.verify(access.jwt)
+            assert grant.identity == access.identity
+            assert grant.identity == f"{bot_account.user_id}:{bot.matrix.device_id}"
+            assert grant.room == livekit_room_alias(room, "m.call#ROOM")
 
             # alice (js) sees the bot's membership, and the bot sees both.
             both = {(alice.user_id, alice.device_id), (bot_account.user_id, bot.matrix.device_id)}
             seen = await _wait_members(alice, room, both)
             bot_member = next(m for m in seen["members"] if m["user_id"] == bot_account.user_id)
             assert bot_member["rtc_backend_identity"] == access.identity
-            assert bot_member["transport"]["livekit_service_url"] == jwt.url
+            assert bot_member["transport"]["livekit_service_url"] == jwt.http_url
             await wait_until(lambda: len(session.memberships) == 2, TIMEOUT, "both members")
 
             # The bot's key reaches alice byte for byte, at the same index.
@@ -121,7 +138,7 @@ async def test_bot_joins_a_js_call_and_keys_flow_both_ways(synapse: Synapse, tmp
 
             status = "\n".join(describe(session))
             assert f"{alice.user_id} ({alice.device_id}): key received" in status
-            assert f"my key index {own.index}" in status and jwt.url in status
+            assert f"my key index {own.index}" in status and jwt.http_url in status
 
             assert notified == []  # alice started the call, so the bot does not notify
 
@@ -131,14 +148,13 @@ async def test_bot_joins_a_js_call_and_keys_flow_both_ways(synapse: Synapse, tmp
             assert not session.is_joined
 
 
-async def test_keys_rotate_when_a_js_peer_leaves(synapse: Synapse, tmp_path: Path):
+async def test_keys_rotate_when_a_js_peer_leaves(synapse: Synapse, jwt: DevSfu, tmp_path: Path):
     bot_account = synapse.register("bot")
     async with (
-        jwt_service(synapse.url) as jwt,
         js_peer(synapse, tmp_path, "alice") as alice,
         js_peer(synapse, tmp_path, "bob") as bob,
     ):
-        focus = {"type": "livekit", "livekit_service_url": jwt.url}
+        focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
         config = bot_config(synapse, bot_account, tmp_path / "data")
         async with running_bot(config) as bot:
             invite = [bot_account.user_id, bob.user_id]
@@ -215,11 +231,13 @@ async def test_sigkilled_bot_leaves_through_the_delayed_event(synapse: Synapse, 
             await bot.stop(signal.SIGKILL)
 
 
-async def test_sticky_memberships_with_a_matrix_2_0_js_peer(synapse: Synapse, tmp_path: Path):
+async def test_sticky_memberships_with_a_matrix_2_0_js_peer(
+    synapse: Synapse, jwt: DevSfu, tmp_path: Path
+):
     """Element Call's "matrix_2_0" mode: sticky rtc.member events and hashed identities."""
     bot_account = synapse.register("bot")
-    async with jwt_service(synapse.url) as jwt, js_peer(synapse, tmp_path, "alice") as alice:
-        focus = {"type": "livekit", "livekit_service_url": jwt.url}
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
         config = bot_config(
             synapse, bot_account, tmp_path / "data", rtc={"membership_format": "sticky"}
         )
@@ -239,8 +257,9 @@ async def test_sticky_memberships_with_a_matrix_2_0_js_peer(synapse: Synapse, tm
 
             access = await session.join()
             # /get_token with our member ID; the identity is the hash the service issues.
-            assert jwt.requests[-1]["member"]["claimed_device_id"] == bot.matrix.device_id
-            assert access.identity == session.own_identity == jwt.issued[-1]
+            grant = jwt.authority.verify(access.jwt)
+            assert access.identity == session.own_identity == grant.identity
+            assert grant.room == livekit_room_alias(room, "m.call#ROOM")
 
             seen = await alice.wait_event(
                 lambda e: e["event"] == "memberships" and len(e["members"]) == 2, TIMEOUT

@@ -96,6 +96,8 @@ class CallMediaManager:
         session.join_state_changed.connect(on_join_state)
 
     async def _start(self, session: MatrixRTCSession) -> None:
+        if not self.plugins:
+            return  # nobody wants media: stay on the Matrix side only
         ctx = context(room=session.room_id)
         router = FrameRouter()
 
