@@ -16,6 +16,8 @@ from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage
 from bot.media.calls import CallMediaManager
+from bot.plugin import Plugin
+from bot.plugin_loader import LoadedPlugin, load_plugins
 from bot.rtc.commands import CallCommands
 from bot.rtc.manager import MatrixRTCSessionManager
 
@@ -29,7 +31,9 @@ class CallBot:
     ``[commands.<name>]`` sections), so ``callbot check-config`` can build one to check.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, extra_plugins: dict[str, type[Plugin]] | None = None
+    ) -> None:
         self.config = config
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
@@ -38,6 +42,8 @@ class CallBot:
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
         self.registry.register(self.call_commands)
+        for plugin in load_plugins(config.plugins, extra_plugins):
+            self.add_plugin(plugin)
         config.check_command_names(self.registry.names())
         self.registry.apply_overrides(config.commands)
         self.allowed = UserPatterns(config.allowed_user_globs)
@@ -51,6 +57,15 @@ class CallBot:
         )
         self.matrix.on_message(self.dispatcher.submit)
         self.matrix.on_invite(self._on_invite)
+
+    def add_plugin(self, plugin: LoadedPlugin) -> None:
+        """Run a plugin in calls, and make its commands available."""
+        self.media.add_plugin(plugin.make, plugin.rooms)
+        self.registry.register_plugin_class(
+            plugin.cls,
+            lambda room_id, cls=plugin.cls: self.media.instance(room_id, cls),
+            f"I am not in this room's call; type {self.config.bot.command_prefix}join first.",
+        )
 
     def active_calls(self) -> list[str]:
         """Lines describing the calls the bot is in or sees, for !status."""

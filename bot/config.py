@@ -27,6 +27,7 @@ from bot.errors import ConfigError
 ENV_PREFIX = "CALLBOT_"
 
 Check = Callable[[Any], str | None]
+T = typing.TypeVar("T")
 
 
 def _check(fn: Check, **kw: Any) -> Any:
@@ -143,12 +144,26 @@ class CommandConfig:
 
 
 @dataclass(frozen=True)
+class PluginsConfig:
+    """``[plugins]``: which plugins run, and each one's own ``[plugins.<name>]`` table.
+
+    The tables are checked by the plugins' own config classes when the bot is built
+    (``validate_section``); ``rooms`` in a table limits the plugin to those rooms.
+    """
+
+    enabled: tuple[str, ...] = ()
+    sections: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    base_dir: Path = Path()
+
+
+@dataclass(frozen=True)
 class Config:
     matrix: MatrixConfig
     bot: BotConfig
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     commands: dict[str, CommandConfig] = field(default_factory=dict)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
 
     @property
     def allowed_user_globs(self) -> tuple[str, ...]:
@@ -198,7 +213,10 @@ def parse_config(
     """Validate an already-parsed TOML document. Relative paths resolve against base_dir."""
     problems: list[str] = []
     raw = _apply_env(raw, os.environ if environ is None else environ, problems)
+    plugins = _plugins_section(raw.pop("plugins", {}), problems, base_dir)
     cfg = _build(Config, raw, "", problems, base_dir)
+    if cfg is not None:
+        cfg = dataclasses.replace(cfg, plugins=plugins)
     if cfg is not None and not (cfg.matrix.password or cfg.matrix.access_token):
         problems.append(
             "matrix.password: missing value (set matrix.password or matrix.access_token, "
@@ -213,6 +231,34 @@ def parse_config(
     if problems or cfg is None:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _plugins_section(raw: Any, problems: list[str], base_dir: Path) -> PluginsConfig:
+    if not isinstance(raw, dict):
+        problems.append("plugins: must be a table")
+        return PluginsConfig(base_dir=base_dir)
+    enabled = raw.get("enabled", [])
+    if not isinstance(enabled, list) or not all(isinstance(n, str) for n in enabled):
+        problems.append(f"plugins.enabled: must be a list of plugin names, got {_tname(enabled)}")
+        enabled = []
+    sections = {}
+    for name, table in raw.items():
+        if name == "enabled":
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"plugins.{name}: must be a table ([plugins.{name}])")
+            continue
+        sections[name] = table
+    return PluginsConfig(tuple(enabled), sections, base_dir)
+
+
+def validate_section(cls: type[T], raw: Mapping[str, Any], prefix: str, base_dir: Path) -> T:
+    """Check one config table against a dataclass (a plugin's); ConfigError names the keys."""
+    problems: list[str] = []
+    value = _build(cls, dict(raw), prefix, problems, base_dir)
+    if problems or value is None:
+        raise ConfigError(problems or [f"{prefix.rstrip('.')}: invalid"])
+    return value
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> dict:

@@ -188,6 +188,9 @@ class Plugin:
     overflow: ClassVar[Overflow] = Overflow.DROP_OLDEST
     #: Frames the plugin's queue holds (audio and video together).
     queue_size: ClassVar[int] = 250
+    #: A dataclass for the plugin's ``[plugins.<name>]`` table; if set, the bot validates the
+    #: table into it and makes each instance as ``cls(config)`` (else ``cls()``).
+    Config: ClassVar[type | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -179,6 +179,31 @@ class CommandRegistry:
             added.append(cmd)
         return added
 
+    def register_plugin_class(
+        self, cls: type, instance_for: Callable[[str], object | None], missing: str
+    ) -> list[Command]:
+        """Add a plugin class's ``@command`` methods; each runs on the plugin instance of the
+        call in the command's room (``instance_for(room_id)``), or replies ``missing``."""
+        from bot.errors import CommandError
+
+        added = []
+        for attr in dir(cls):
+            fn = getattr(cls, attr, None)
+            spec: _Spec | None = getattr(fn, _SPEC_ATTR, None)
+            if spec is None:
+                continue
+
+            async def handler(ctx: CommandContext, _fn: Any = fn, **kwargs: Any) -> None:
+                target = instance_for(ctx.room_id)
+                if target is None:
+                    raise CommandError(missing)
+                await _fn(target, ctx, **kwargs)
+
+            cmd = spec.build(attr, handler)
+            self.add(cmd)
+            added.append(cmd)
+        return added
+
     def apply_overrides(self, overrides: Mapping[str, CommandConfig]) -> None:
         """Apply ``[commands.<name>]`` config; names must be known (see Config)."""
         for name, override in overrides.items():

@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -73,7 +74,7 @@ class DevSfu:
         self.host, self.port = "", 0
         self.started = time.time()
         self._runner: web.AppRunner | None = None
-        self._undo_ice: Any = None
+        self._undo_ice: Callable[[], None] | None = None
         self.app = web.Application()
         r = self.app.router
         r.add_get("/rtc", self._signal)

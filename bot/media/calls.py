@@ -65,13 +65,17 @@ class Call:
 class CallMediaManager:
     def __init__(self, matrix: MatrixClient, rtc: MatrixRTCSessionManager) -> None:
         self.matrix = matrix
-        self.plugins: list[PluginFactory] = []
+        self.plugins: list[tuple[PluginFactory, frozenset[str] | None]] = []
         self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
         rtc.session_created.connect(self._watch)
 
-    def add_plugin(self, factory: PluginFactory) -> None:
-        """A plugin (class or factory) to run in every call the bot joins."""
-        self.plugins.append(factory)
+    def add_plugin(self, factory: PluginFactory, rooms: frozenset[str] | None = None) -> None:
+        """A plugin (class or factory) to run in every call the bot joins (or in ``rooms``)."""
+        self.plugins.append((factory, rooms))
+
+    def instance(self, room_id: str, cls: type[Plugin]) -> Plugin | None:
+        """The instance of a plugin class in the call of a room, if the bot is in it."""
+        return next((r.plugin for r in self.runners(room_id) if type(r.plugin) is cls), None)
 
     def media(self, room_id: str) -> CallMedia | None:
         call = self._calls.get(room_id)
@@ -96,8 +100,9 @@ class CallMediaManager:
         session.join_state_changed.connect(on_join_state)
 
     async def _start(self, session: MatrixRTCSession) -> None:
-        if not self.plugins:
-            return  # nobody wants media: stay on the Matrix side only
+        factories = [f for f, rooms in self.plugins if rooms is None or session.room_id in rooms]
+        if not factories:
+            return  # nobody wants media here: stay on the Matrix side only
         ctx = context(room=session.room_id)
         router = FrameRouter()
 
@@ -113,7 +118,7 @@ class CallMediaManager:
 
         media = CallMedia(session, router, access, notify)
         self._calls[session.room_id] = (media, router)
-        plugins = [factory() for factory in self.plugins]
+        plugins = [factory() for factory in factories]
         for plugin in plugins:
             router.add(plugin)
         try:
