@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
@@ -170,6 +171,10 @@ class CallContext(Protocol):
     async def post(self, text: str, html: str | None = None) -> str: ...
 
     async def edit(self, event_id: str, text: str, html: str | None = None) -> str: ...
+
+    async def upload(self, path: Path, mimetype: str, body: str | None = None) -> str:
+        """Post a file to the room (encrypted in encrypted rooms); its event ID."""
+        ...
 
     async def publish_audio(
         self, name: str, sample_rate: int = 48_000, channels: int = 1

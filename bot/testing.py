@@ -18,6 +18,7 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -63,6 +64,7 @@ class FakeCall:
         self.opted_out_users: set[str] = set()
         self.posts: list[str] = []
         self.edits: list[tuple[str, str]] = []
+        self.uploads: list[tuple[Path, str, str | None]] = []
         self.outputs: list[RecordedOutput] = []
 
     def participants(self) -> list[Participant]:
@@ -78,6 +80,10 @@ class FakeCall:
     async def edit(self, event_id: str, text: str, html: str | None = None) -> str:
         self.edits.append((event_id, text))
         return f"$edit{len(self.edits)}"
+
+    async def upload(self, path: Path, mimetype: str, body: str | None = None) -> str:
+        self.uploads.append((path, mimetype, body))
+        return f"$upload{len(self.uploads)}"
 
     async def publish_audio(
         self, name: str, sample_rate: int = 48_000, channels: int = 1

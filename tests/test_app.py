@@ -156,3 +156,35 @@ async def test_thread_reply_mode(synapse: Synapse, tmp_path: Path) -> None:
         rel = second.source["content"]["m.relates_to"]
         assert rel["rel_type"] == "m.thread" and rel["event_id"] == cmd
         assert rel["is_falling_back"] is False
+
+
+async def test_files_are_posted_encrypted_in_encrypted_rooms(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    import nio
+    from nio.crypto import decrypt_attachment
+
+    bot_account = synapse.register("bot")
+    config = bot_config(synapse, bot_account, tmp_path / "data")
+    data = bytes(range(256)) * 40
+    report = tmp_path / "report.bin"
+    report.write_bytes(data)
+    async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+        room = await _room_with_bot(alice, bot_account.user_id)
+        await wait_until(lambda: room in bot.matrix.joined_rooms(), what="bot joined")
+        event_id = await bot.matrix.send_file(room, report, "application/octet-stream", "Report")
+        event = await wait_until(
+            lambda: next((e for r, e in alice.timeline if e.get("event_id") == event_id), None),
+            what="the file event",
+        )
+        content = event["content"]
+        assert content["msgtype"] == "m.file" and content["body"] == "Report"
+        assert "url" not in content  # only the encrypted form
+        file = content["file"]
+        resp = await alice.client.download(file["url"])
+        assert isinstance(resp, nio.DownloadResponse), resp
+        assert resp.body != data  # the homeserver only ever saw ciphertext
+        plain = decrypt_attachment(
+            resp.body, file["key"]["k"], file["hashes"]["sha256"], file["iv"]
+        )
+        assert plain == data

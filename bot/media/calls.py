@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.log import context
@@ -52,6 +53,9 @@ class Call:
         from bot.matrix.messages import edit, notice
 
         return await self._matrix.send(self.room_id, edit(event_id, notice(text, html)))
+
+    async def upload(self, path: Path, mimetype: str, body: str | None = None) -> str:
+        return await self._matrix.send_file(self.room_id, path, mimetype, body)
 
     async def publish_audio(
         self, name: str, sample_rate: int = 48_000, channels: int = 1
