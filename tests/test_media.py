@@ -237,3 +237,47 @@ async def test_audio_keeps_flowing_across_key_rotations(
         await feeder
         await probe.close()
         await tone.stop()
+
+
+async def test_the_bot_reconnects_after_the_sfu_drops_it(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path, netns_addrs: tuple[str, str]
+) -> None:
+    """The SFU restarts: the bot reconnects on its own, its plugin (same instance) hears
+    alice again, and its published track is back."""
+    async with scene(synapse, sfu, tmp_path) as s:
+        alice, listener = s.alice, s.listener
+        tone = lkclient.Tone(440)
+        await tone.publish(s.lk)
+        output = await listener.call.publish_audio("bot-tone")
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(sine(output, 660, stop))
+        await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz")
+        plugin_before = listener
+
+        port = sfu.port
+        await sfu.stop()  # everyone is told the server shuts down
+        await tone.stop()
+        await s.lk.close()
+        restarted = DevSfu(homeserver=synapse.url)
+        await restarted.start(netns_addrs[0], port)
+        try:
+            lk = s.lk = await lkclient.connect(
+                restarted.url, alice.identity, livekit_room_alias(s.room, "m.call#ROOM"), keys={}
+            )
+            s.install(await s.key_from(alice.identity, own=True), alice.identity)
+            s.install(await s.key_from(s.bot_identity), s.bot_identity)
+            tone = lkclient.Tone(440)
+            await tone.publish(lk)
+            listener.frames.clear()
+            await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 again")
+            assert s.bot.media.instance(s.room, Listener) is plugin_before
+            probe = lkclient.AudioProbe(await lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
+            result = await probe.tone(timeout=TIMEOUT)
+            assert abs(result.freq - 660) < 15, result
+            await probe.close()
+            await tone.stop()
+            await lk.close()
+        finally:
+            stop.set()
+            await feeder
+            await restarted.stop()

@@ -32,9 +32,15 @@ E2EE = rtc.E2EEOptions(
 
 
 class MediaConnection:
-    def __init__(self, room_id: str, get_access: Callable[[], Awaitable[SfuAccess]]) -> None:
+    def __init__(
+        self,
+        room_id: str,
+        get_access: Callable[[], Awaitable[SfuAccess]],
+        on_new_room: Callable[[rtc.Room], None] = lambda room: None,
+    ) -> None:
         self.room_id = room_id
         self._get_access = get_access
+        self._on_new_room = on_new_room
         self.room = rtc.Room()
         self.access: SfuAccess | None = None
         self._keys: dict[tuple[str, int], bytes] = {}
@@ -51,6 +57,7 @@ class MediaConnection:
 
     async def connect(self) -> None:
         """Connect with a fresh token and install every key we hold."""
+        self._on_new_room(self.room)
         self.access = await self._get_access()
         register_secret(self.access.jwt)
         # e2ee= (not encryption=): Element Call's data packets are not encrypted either.

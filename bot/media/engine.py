@@ -67,7 +67,9 @@ class CallMedia:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._notice_tasks: set[asyncio.Task[None]] = set()
         self.router = router
-        self.connection = MediaConnection(session.room_id, get_access)
+        self.connection = MediaConnection(session.room_id, get_access, self._attach)
+        self._stopping = False
+        self._reconnecting: asyncio.Task[None] | None = None
         self._clock = clock
         self._t0 = clock()
         self._streams: dict[tuple[str, str], list[asyncio.Task[None]]] = {}
@@ -80,7 +82,13 @@ class CallMedia:
         return self._clock() - self._t0
 
     async def start(self) -> None:
-        room = self.connection.room
+        for change in self.session.current_keys():  # announced before we listened
+            self._on_key(change)
+        await self.connection.connect()
+
+    def _attach(self, room: rtc.Room) -> None:
+        """Listen to a (new) LiveKit room object."""
+        room.on("disconnected", self._on_disconnected)
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("track_unsubscribed", self._on_track_unsubscribed)
         room.on("participant_connected", self._on_participant(ParticipantChange.JOINED))
@@ -88,24 +96,56 @@ class CallMedia:
         room.on("track_muted", self._on_mute(ParticipantChange.MUTED))
         room.on("track_unmuted", self._on_mute(ParticipantChange.UNMUTED))
         room.on("e2ee_state_changed", self._on_e2ee_state)
-        for change in self.session.current_keys():  # announced before we listened
-            self._on_key(change)
-        await self.connection.connect()
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            await asyncio.gather(self._reconnecting, return_exceptions=True)
         self.session.encryption_key_changed.disconnect(self._on_key)
         for timer in self._timers.values():
             timer.cancel()
         for output in self._outputs:
             await output.close()
-        for tasks in self._streams.values():
-            for task in tasks:
-                task.cancel()
-        await asyncio.gather(
-            *(t for ts in self._streams.values() for t in ts), return_exceptions=True
-        )
-        self._streams.clear()
+        await self._stop_streams()
         await self.connection.close()
+
+    async def _stop_streams(self) -> None:
+        tasks = [t for ts in self._streams.values() for t in ts]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._streams.clear()
+
+    # ------------------------------------------------------------------ reconnecting
+
+    def _on_disconnected(self, reason: object) -> None:
+        if self._stopping or (self._reconnecting and not self._reconnecting.done()):
+            return
+        log.warning("lost the SFU connection (%s); reconnecting", reason, extra=self._ctx)
+        self._reconnecting = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """New connection, same plugins: their queues and state carry on."""
+        await self._stop_streams()
+        delay = 0.5
+        while not self._stopping:
+            try:
+                await self.connection.reconnect()
+                for output in self._outputs:
+                    await output.publish(self.connection.room)
+                self.connection.own_tracks_published()
+                log.info("reconnected to the SFU", extra=self._ctx)
+                return
+            except Exception as e:
+                log.warning(
+                    "reconnecting to the SFU failed (%s); again in %.0f s",
+                    e,
+                    delay,
+                    extra=self._ctx,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     # ------------------------------------------------------------------ identities and keys
 
@@ -233,12 +273,9 @@ class CallMedia:
         self, name: str, sample_rate: int = 48_000, channels: int = 1
     ) -> AudioOutput:
         """A new encrypted audio track of the bot's, for a plugin to write PCM into."""
-        source = rtc.AudioSource(sample_rate, channels)
-        track = rtc.LocalAudioTrack.create_audio_track(name, source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await self.connection.room.local_participant.publish_track(track, options)
+        output = AudioOutput(name, rtc.AudioSource(sample_rate, channels), sample_rate, channels)
+        await output.publish(self.connection.room)
         self.connection.own_tracks_published()
-        output = AudioOutput(source, track, sample_rate, channels)
         self._outputs.append(output)
         log.info("publishing audio track %s", name, extra=self._ctx)
         return output
@@ -247,13 +284,17 @@ class CallMedia:
 class AudioOutput:
     """PCM in, encrypted Opus out. ``write`` paces itself: the SDK's queue holds 1 s."""
 
-    def __init__(
-        self, source: rtc.AudioSource, track: rtc.LocalAudioTrack, sample_rate: int, channels: int
-    ) -> None:
+    def __init__(self, name: str, source: rtc.AudioSource, sample_rate: int, channels: int) -> None:
+        self.name = name
         self._source = source
-        self.track = track
         self.sample_rate = sample_rate
         self.channels = channels
+
+    async def publish(self, room: rtc.Room) -> None:
+        """Publish (again, after a reconnect) as a microphone track of the bot's."""
+        track = rtc.LocalAudioTrack.create_audio_track(self.name, self._source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await room.local_participant.publish_track(track, options)
 
     async def write(self, pcm: np.ndarray) -> None:
         """int16 samples, shape (samples, channels); waits while the queue is full."""
