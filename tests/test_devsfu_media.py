@@ -44,18 +44,15 @@ async def sfu(netns_addrs: tuple[str, str]) -> AsyncIterator[DevSfu]:
     await server.stop()
 
 
-def close_to(heard: float, freq: float) -> bool:
-    return abs(heard - freq) < 15  # FFT bins are 3.3 Hz; Opus shifts nothing by more
-
-
 async def hears(client: Client, who: str, freq: float) -> float:
-    """Wait until ``client`` hears ``who``'s tone; return its level."""
+    """Wait until ``client`` hears ``who``'s tone at ``freq``; return its level."""
     probe = AudioProbe(await client.track(who, AUDIO))
     try:
-        heard = await probe.tone()
+        heard = await probe.tone(near=freq)
+    except TimeoutError as e:
+        raise AssertionError(f"{client.identity} does not hear {who}: {e}") from e
     finally:
         await probe.close()
-    assert close_to(heard.freq, freq), f"{client.identity} heard {who} at {heard.freq:.0f} Hz"
     return heard.rms
 
 

@@ -157,7 +157,7 @@ async def test_bot_hears_a_participant_and_is_heard(
         stop = asyncio.Event()
         feeder = asyncio.create_task(sine(output, 660, stop))
         probe = lkclient.AudioProbe(await s.lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
-        result = await probe.tone(timeout=TIMEOUT)
+        result = await probe.tone(near=660, timeout=TIMEOUT)
         assert abs(result.freq - 660) < 15, result
         stop.set()
         await feeder
@@ -231,7 +231,7 @@ async def test_audio_keeps_flowing_across_key_rotations(
         await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz after")
         probe = lkclient.AudioProbe(await s.lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
         await asyncio.sleep(2.0)  # well past the bot's switch to index 1
-        result = await probe.tone(timeout=TIMEOUT)
+        result = await probe.tone(near=660, timeout=TIMEOUT)
         assert abs(result.freq - 660) < 15, result
         stop.set()
         await feeder
@@ -272,7 +272,7 @@ async def test_the_bot_reconnects_after_the_sfu_drops_it(
             await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 again")
             assert s.bot.media.instance(s.room, Listener) is plugin_before
             probe = lkclient.AudioProbe(await lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
-            result = await probe.tone(timeout=TIMEOUT)
+            result = await probe.tone(near=660, timeout=TIMEOUT)
             assert abs(result.freq - 660) < 15, result
             await probe.close()
             await tone.stop()
