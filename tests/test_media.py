@@ -19,7 +19,7 @@ from livekit import rtc
 
 from bot.app import CallBot
 from bot.devsfu.server import DevSfu
-from bot.plugin import AudioFrame, AudioWants, CallContext, Plugin
+from bot.plugin import AudioFrame, AudioWants, CallContext, Plugin, VideoFrame, VideoWants
 from bot.rtc.identity import livekit_room_alias
 from bot.rtc.session import MatrixRTCSession
 from tests import lkclient
@@ -49,6 +49,36 @@ class Listener(Plugin):
         mine = [f.pcm[:, 0] for f in self.frames if f.participant.user_id == user_id]
         wanted = int(seconds * 1000 / self.audio.frame_ms)
         return np.concatenate(mine[-wanted:]) if len(mine) >= wanted else np.zeros(0)
+
+
+class Watcher(Plugin):
+    name = "watcher"
+    video = VideoWants(fps=5, format="rgb24")
+
+    def __init__(self) -> None:
+        self.frames: list[VideoFrame] = []
+
+    async def on_video(self, frame: VideoFrame) -> None:
+        self.frames.append(frame)
+
+
+class Sleepy(Plugin):
+    """Never returns from its first frame."""
+
+    name = "sleepy"
+    audio = AudioWants(sample_rate=48_000)
+    queue_size = 10
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        await asyncio.sleep(3600)
+
+
+class Broken(Plugin):
+    name = "broken"
+    audio = AudioWants(sample_rate=16_000)
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        raise RuntimeError("broken plugin")
 
 
 def heard(plugin: Listener, user_id: str, freq: float) -> bool:
@@ -105,7 +135,9 @@ class Scene:
 
 
 @contextlib.asynccontextmanager
-async def scene(synapse: Synapse, sfu: DevSfu, tmp_path: Path) -> AsyncIterator[Scene]:
+async def scene(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path, extra: tuple[Plugin, ...] = ()
+) -> AsyncIterator[Scene]:
     bot_account = synapse.register("bot")
     focus = {"type": "livekit", "livekit_service_url": sfu.http_url}
     config = bot_config(synapse, bot_account, tmp_path / "data")
@@ -116,7 +148,8 @@ async def scene(synapse: Synapse, sfu: DevSfu, tmp_path: Path) -> AsyncIterator[
         session = bot.rtc.get_room_session(room)
         await wait_until(lambda: session.memberships, TIMEOUT, "alice's membership")
         listener = Listener()
-        bot.media.add_plugin(lambda: listener)
+        for plugin in (listener, *extra):
+            bot.media.add_plugin(lambda plugin=plugin: plugin)
         access = await session.join()  # /sfu/get on the dev SFU, OpenID checked by Synapse
         await wait_until(lambda: listener.call is not None, TIMEOUT, "the plugin's call start")
         lk = await lkclient.connect(
@@ -136,10 +169,13 @@ async def scene(synapse: Synapse, sfu: DevSfu, tmp_path: Path) -> AsyncIterator[
 async def test_bot_hears_a_participant_and_is_heard(
     synapse: Synapse, sfu: DevSfu, tmp_path: Path
 ) -> None:
-    async with scene(synapse, sfu, tmp_path) as s:
+    watcher, sleepy, broken = Watcher(), Sleepy(), Broken()
+    async with scene(synapse, sfu, tmp_path, (watcher, sleepy, broken)) as s:
         alice, listener, bot, room = s.alice, s.listener, s.bot, s.room
         tone = lkclient.Tone(440)
         await tone.publish(s.lk)
+        pattern = lkclient.Pattern(320, 240)
+        await pattern.publish(s.lk)
 
         # The plugin hears alice's 440 Hz, attributed to her Matrix identity.
         await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz")
@@ -147,6 +183,19 @@ async def test_bot_hears_a_participant_and_is_heard(
         assert frame.participant.device_id == alice.device_id
         assert frame.participant.identity == alice.identity
         assert frame.sample_rate == 16_000 and frame.pcm.dtype == np.int16
+
+        # A plugin stuck in a frame and one that keeps raising disturb nobody.
+        runners = {r.name: r for r in bot.media.runners(room)}
+        await wait_until(lambda: runners["broken"].stats.disabled, TIMEOUT, "broken disabled")
+        await wait_until(lambda: runners["sleepy"].stats.dropped > 0, TIMEOUT, "sleepy drops")
+
+        # Video, decrypted and converted to what the watcher declared.
+        await wait_until(lambda: len(watcher.frames) >= 3, TIMEOUT, "video frames")
+        image = watcher.frames[-1]
+        assert (image.width, image.height, image.format) == (320, 240, "rgb24")
+        assert image.image.shape == (240, 320, 3)
+        assert image.participant.user_id == alice.user_id
+        assert image.image[..., 1].std() > 10  # the stripes, not a blank picture
 
         # The bot's tone reaches alice, encrypted with the bot's key, and decrypts.
         assert {p.user_id for p in listener.call.participants()} == {
@@ -193,6 +242,7 @@ async def test_bot_hears_a_participant_and_is_heard(
         assert not heard(listener, "@mallory:localhost", 880)
         await loud.stop()
         await mallory.close()
+        await pattern.stop()
         await tone.stop()
 
 

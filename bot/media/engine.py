@@ -26,6 +26,8 @@ from bot.plugin import (
     Participant,
     ParticipantChange,
     ParticipantEvent,
+    VideoFrame,
+    VideoWants,
 )
 from bot.rtc.focus import SfuAccess
 from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession
@@ -42,6 +44,12 @@ _E2EE_STATES = {
     rtc.EncryptionState.DECRYPTION_FAILED: "their media does not decrypt with their key",
     rtc.EncryptionState.ENCRYPTION_FAILED: "encryption failed",
     rtc.EncryptionState.INTERNAL_ERROR: "encryption error",
+}
+#: plugin pixel format -> (SDK buffer type, channels; 0: planar, delivered flat)
+_VIDEO_FORMATS = {
+    "rgb24": (rtc.VideoBufferType.RGB24, 3),
+    "rgba": (rtc.VideoBufferType.RGBA, 4),
+    "yuv420p": (rtc.VideoBufferType.I420, 0),
 }
 _BAD_STATES = {
     rtc.EncryptionState.MISSING_KEY,
@@ -215,13 +223,17 @@ class CallMedia:
         publication: rtc.RemoteTrackPublication,
         remote: rtc.RemoteParticipant,
     ) -> None:
-        if track.kind != rtc.TrackKind.KIND_AUDIO:
-            return  # video frames arrive with the video plugins (later)
         who = self.participant(remote.identity, remote.name)
-        tasks = [
-            asyncio.create_task(self._pump_audio(track, wants, who))
-            for wants in self.router.audio_wants()
-        ]
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            tasks = [
+                asyncio.create_task(self._pump_audio(track, wants, who))
+                for wants in self.router.audio_wants()
+            ]
+        else:
+            tasks = [
+                asyncio.create_task(self._pump_video(track, wants, who))
+                for wants in self.router.video_wants()
+            ]
         self._streams[(remote.identity, publication.sid)] = tasks
 
     def _on_track_unsubscribed(
@@ -247,6 +259,26 @@ class CallMedia:
                 duration = pcm.shape[0] / wants.sample_rate
                 self.router.push_audio(
                     wants, AudioFrame(who, pcm.copy(), wants.sample_rate, self.now() - duration)
+                )
+        finally:
+            await stream.aclose()
+
+    async def _pump_video(self, track: rtc.Track, wants: VideoWants, who: Participant) -> None:
+        buffer_type, channels = _VIDEO_FORMATS[wants.format]
+        stream = rtc.VideoStream.from_track(track=track, format=buffer_type)
+        min_gap, last = 1.0 / wants.fps, -1.0
+        try:
+            async for event in stream:
+                now = self.now()
+                if now - last < min_gap * 0.9:  # thin out to the declared frame rate
+                    continue
+                last = now
+                frame = event.frame
+                data = np.frombuffer(frame.data, dtype=np.uint8)
+                image = data if channels == 0 else data.reshape(frame.height, frame.width, channels)
+                self.router.push_video(
+                    wants,
+                    VideoFrame(who, image.copy(), wants.format, frame.width, frame.height, now),
                 )
         finally:
             await stream.aclose()
