@@ -61,7 +61,8 @@ class MediaConnection:
         self.access = await self._get_access()
         register_secret(self.access.jwt)
         # e2ee= (not encryption=): Element Call's data packets are not encrypted either.
-        options = rtc.RoomOptions(auto_subscribe=True, e2ee=E2EE)
+        # Subscriptions are the engine's choice: only the kinds some plugin wants.
+        options = rtc.RoomOptions(auto_subscribe=False, e2ee=E2EE)
         await self.room.connect(self.access.url, self.access.jwt, options)
         for (identity, index), key in self._keys.items():
             self._install(identity, key, index)

@@ -93,10 +93,28 @@ class CallMedia:
         for change in self.session.current_keys():  # announced before we listened
             self._on_key(change)
         await self.connection.connect()
+        self._subscribe_existing()
+
+    def _wants(self, kind: int) -> bool:
+        if kind == rtc.TrackKind.KIND_AUDIO:
+            return bool(self.router.audio_wants())
+        return kind == rtc.TrackKind.KIND_VIDEO and bool(self.router.video_wants())
+
+    def _on_track_published(
+        self, publication: rtc.RemoteTrackPublication, remote: rtc.RemoteParticipant
+    ) -> None:
+        if self._wants(publication.kind):
+            publication.set_subscribed(True)
+
+    def _subscribe_existing(self) -> None:
+        for remote in self.connection.room.remote_participants.values():
+            for publication in remote.track_publications.values():
+                self._on_track_published(publication, remote)
 
     def _attach(self, room: rtc.Room) -> None:
         """Listen to a (new) LiveKit room object."""
         room.on("disconnected", self._on_disconnected)
+        room.on("track_published", self._on_track_published)
         room.on("track_subscribed", self._on_track_subscribed)
         room.on("track_unsubscribed", self._on_track_unsubscribed)
         room.on("participant_connected", self._on_participant(ParticipantChange.JOINED))
@@ -140,6 +158,7 @@ class CallMedia:
         while not self._stopping:
             try:
                 await self.connection.reconnect()
+                self._subscribe_existing()
                 for output in self._outputs:
                     await output.publish(self.connection.room)
                 self.connection.own_tracks_published()
