@@ -159,6 +159,17 @@ class AudioOut(Protocol):
         ...
 
 
+class VideoOut(Protocol):
+    """An encrypted VP8 video track of the bot's in the call."""
+
+    width: int
+    height: int
+
+    async def write(self, image: np.ndarray) -> None:
+        """uint8 height x width x 4 (RGBA) or x 3 (RGB)."""
+        ...
+
+
 class CallContext(Protocol):
     """What a plugin can do in the call it is in."""
 
@@ -179,6 +190,8 @@ class CallContext(Protocol):
     async def publish_audio(
         self, name: str, sample_rate: int = 48_000, channels: int = 1
     ) -> AudioOut: ...
+
+    async def publish_video(self, name: str, width: int, height: int) -> VideoOut: ...
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
 

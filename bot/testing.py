@@ -55,6 +55,19 @@ class RecordedOutput:
         return np.concatenate(self.chunks)
 
 
+@dataclass
+class RecordedVideo:
+    """What the plugin published on a video track."""
+
+    name: str
+    width: int
+    height: int
+    images: list[np.ndarray] = field(default_factory=list)
+
+    async def write(self, image: np.ndarray) -> None:
+        self.images.append(np.asarray(image, dtype=np.uint8))
+
+
 class FakeCall:
     """A ``CallContext`` that records instead of talking to Matrix."""
 
@@ -66,6 +79,7 @@ class FakeCall:
         self.edits: list[tuple[str, str]] = []
         self.uploads: list[tuple[Path, str, str | None]] = []
         self.outputs: list[RecordedOutput] = []
+        self.videos: list[RecordedVideo] = []
 
     def participants(self) -> list[Participant]:
         return list(self.members)
@@ -91,6 +105,11 @@ class FakeCall:
         output = RecordedOutput(name, sample_rate, channels)
         self.outputs.append(output)
         return output
+
+    async def publish_video(self, name: str, width: int, height: int) -> RecordedVideo:
+        video = RecordedVideo(name, width, height)
+        self.videos.append(video)
+        return video
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)

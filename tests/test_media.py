@@ -19,7 +19,16 @@ from livekit import rtc
 
 from bot.app import CallBot
 from bot.devsfu.server import DevSfu
-from bot.plugin import AudioFrame, AudioWants, CallContext, Plugin, VideoFrame, VideoWants
+from bot.plugin import (
+    AudioFrame,
+    AudioWants,
+    CallContext,
+    ParticipantChange,
+    ParticipantEvent,
+    Plugin,
+    VideoFrame,
+    VideoWants,
+)
 from bot.rtc.identity import livekit_room_alias
 from bot.rtc.session import MatrixRTCSession
 from tests import lkclient
@@ -37,7 +46,11 @@ class Listener(Plugin):
 
     def __init__(self) -> None:
         self.frames: list[AudioFrame] = []
+        self.events: list[ParticipantEvent] = []
         self.call: CallContext | None = None
+
+    async def on_participant(self, event: ParticipantEvent) -> None:
+        self.events.append(event)
 
     async def on_call_start(self, call: CallContext) -> None:
         self.call = call
@@ -184,6 +197,16 @@ async def test_bot_hears_a_participant_and_is_heard(
         assert frame.participant.identity == alice.identity
         assert frame.sample_rate == 16_000 and frame.pcm.dtype == np.int16
 
+        # Speaking is told, from the audio itself.
+        await wait_until(
+            lambda: any(
+                e.change is ParticipantChange.SPEAKING and e.participant.user_id == alice.user_id
+                for e in listener.events
+            ),
+            TIMEOUT,
+            "a speaking event",
+        )
+
         # A plugin stuck in a frame and one that keeps raising disturb nobody.
         runners = {r.name: r for r in bot.media.runners(room)}
         await wait_until(lambda: runners["broken"].stats.disabled, TIMEOUT, "broken disabled")
@@ -211,6 +234,26 @@ async def test_bot_hears_a_participant_and_is_heard(
         stop.set()
         await feeder
         await probe.close()
+
+        # The bot's video (VP8, encrypted) decodes at alice's.
+        screen = await listener.call.publish_video("bot-screen", 320, 240)
+        picture = np.zeros((240, 320, 4), np.uint8)
+        picture[..., 0] = 200
+        picture[..., 3] = 255
+        video_track = asyncio.create_task(
+            s.lk.track(s.bot_identity, rtc.TrackKind.KIND_VIDEO, timeout=TIMEOUT)
+        )
+        for _ in range(10):
+            await screen.write(picture)
+            await asyncio.sleep(0.05)
+        counter = lkclient.FrameCounter(await video_track)
+        for _ in range(100):
+            await screen.write(picture)
+            if counter.frames >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert counter.frames >= 3 and counter.size == (320, 240)
+        await counter.close()
 
         # E2EE diagnostics: alice's media decrypts, and !status says so.
         assert bot.media.e2ee_state(room, alice.identity) == "decrypting"

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from bot.log import context
 from bot.matrix.client import MatrixClient
-from bot.media.engine import AudioOutput, CallMedia
+from bot.media.engine import AudioOutput, CallMedia, VideoOutput
 from bot.media.router import FrameRouter, PluginRunner
 from bot.plugin import Participant, Plugin
 from bot.rtc.focus import SfuAccess
@@ -56,6 +56,9 @@ class Call:
 
     async def upload(self, path: Path, mimetype: str, body: str | None = None) -> str:
         return await self._matrix.send_file(self.room_id, path, mimetype, body)
+
+    async def publish_video(self, name: str, width: int, height: int) -> VideoOutput:
+        return await self._media.publish_video(name, width, height)
 
     async def publish_audio(
         self, name: str, sample_rate: int = 48_000, channels: int = 1

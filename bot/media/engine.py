@@ -34,6 +34,9 @@ from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession
 
 log = logging.getLogger(__name__)
 
+#: Speaking: a 20 ms frame louder than this (int16 RMS) is voice; this long quiet is silence.
+SPEAKING_RMS = 500.0
+SILENCE_AFTER_S = 0.5
 #: Tell the room when someone's media has not decrypted for this long.
 UNDECRYPTABLE_NOTICE_S = 5.0
 _E2EE_STATES = {
@@ -81,7 +84,9 @@ class CallMedia:
         self._clock = clock
         self._t0 = clock()
         self._streams: dict[tuple[str, str], list[asyncio.Task[None]]] = {}
-        self._outputs: list[AudioOutput] = []
+        #: per LiveKit identity: when they were last loud (None: not speaking)
+        self._speaking: dict[str, float] = {}
+        self._outputs: list[AudioOutput | VideoOutput] = []
         self._ctx = context(room=session.room_id)
         session.encryption_key_changed.connect(self._on_key)
 
@@ -245,8 +250,8 @@ class CallMedia:
         who = self.participant(remote.identity, remote.name)
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             tasks = [
-                asyncio.create_task(self._pump_audio(track, wants, who))
-                for wants in self.router.audio_wants()
+                asyncio.create_task(self._pump_audio(track, wants, who, detect=i == 0))
+                for i, wants in enumerate(self.router.audio_wants())
             ]
         else:
             tasks = [
@@ -264,7 +269,11 @@ class CallMedia:
         for task in self._streams.pop((remote.identity, publication.sid), []):
             task.cancel()
 
-    async def _pump_audio(self, track: rtc.Track, wants: AudioWants, who: Participant) -> None:
+    async def _pump_audio(
+        self, track: rtc.Track, wants: AudioWants, who: Participant, detect: bool
+    ) -> None:
+        """Frames of one track in one format; ``detect``: also tell who speaks (one stream
+        per track does that)."""
         stream = rtc.AudioStream.from_track(
             track=track,
             sample_rate=wants.sample_rate,
@@ -276,11 +285,25 @@ class CallMedia:
                 frame = event.frame
                 pcm = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, wants.channels)
                 duration = pcm.shape[0] / wants.sample_rate
+                now = self.now()
                 self.router.push_audio(
-                    wants, AudioFrame(who, pcm.copy(), wants.sample_rate, self.now() - duration)
+                    wants, AudioFrame(who, pcm.copy(), wants.sample_rate, now - duration)
                 )
+                if detect:
+                    self._detect_speech(who, pcm, now)
         finally:
             await stream.aclose()
+
+    def _detect_speech(self, who: Participant, pcm: np.ndarray, now: float) -> None:
+        loud = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEAKING_RMS
+        last_loud = self._speaking.get(who.identity)
+        if loud:
+            if last_loud is None:
+                self.router.push_event(ParticipantEvent(ParticipantChange.SPEAKING, who, now))
+            self._speaking[who.identity] = now
+        elif last_loud is not None and now - last_loud >= SILENCE_AFTER_S:
+            del self._speaking[who.identity]
+            self.router.push_event(ParticipantEvent(ParticipantChange.SILENT, who, now))
 
     async def _pump_video(self, track: rtc.Track, wants: VideoWants, who: Participant) -> None:
         buffer_type, channels = _VIDEO_FORMATS[wants.format]
@@ -320,6 +343,15 @@ class CallMedia:
 
     # ------------------------------------------------------------------ outgoing media
 
+    async def publish_video(self, name: str, width: int, height: int) -> VideoOutput:
+        """A new encrypted VP8 track of the bot's, for a plugin to write images into."""
+        output = VideoOutput(name, width, height)
+        await output.publish(self.connection.room)
+        self.connection.own_tracks_published()
+        self._outputs.append(output)
+        log.info("publishing video track %s", name, extra=self._ctx)
+        return output
+
     async def publish_audio(
         self, name: str, sample_rate: int = 48_000, channels: int = 1
     ) -> AudioOutput:
@@ -330,6 +362,33 @@ class CallMedia:
         self._outputs.append(output)
         log.info("publishing audio track %s", name, extra=self._ctx)
         return output
+
+
+class VideoOutput:
+    """RGBA or RGB24 images in, encrypted VP8 out."""
+
+    def __init__(self, name: str, width: int, height: int) -> None:
+        self.name = name
+        self.width, self.height = width, height
+        self._source = rtc.VideoSource(width, height)
+
+    async def publish(self, room: rtc.Room) -> None:
+        track = rtc.LocalVideoTrack.create_video_track(self.name, self._source)
+        options = rtc.TrackPublishOptions(
+            source=rtc.TrackSource.SOURCE_CAMERA, video_codec=rtc.VideoCodec.VP8, simulcast=False
+        )  # VP8: Element Call's codec, and the one its E2EE handles
+        await room.local_participant.publish_track(track, options)
+
+    async def write(self, image: np.ndarray) -> None:
+        """uint8 height x width x 4 (RGBA) or x 3 (RGB)."""
+        if image.shape[:2] != (self.height, self.width) or image.shape[2] not in (3, 4):
+            raise ValueError(f"expected {self.height}x{self.width}x3 or x4, got {image.shape}")
+        kind = rtc.VideoBufferType.RGBA if image.shape[2] == 4 else rtc.VideoBufferType.RGB24
+        data = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+        self._source.capture_frame(rtc.VideoFrame(self.width, self.height, kind, data))
+
+    async def close(self) -> None:
+        return None
 
 
 class AudioOutput:
