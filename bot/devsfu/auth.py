@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from livekit import api
 
+from bot.rtc.focus import TOKEN_TTL, mint_token
+
 DEFAULT_API_KEY = "devkey"
 DEFAULT_API_SECRET = "secret"  # noqa: S105 - livekit-server --dev's, for tests only
-TOKEN_TTL = datetime.timedelta(hours=1)  # what lk-jwt-service issues
 
 
 class TokenError(Exception):
@@ -87,22 +88,8 @@ class TokenAuthority:
     def mint(self, identity: str, room: str, ttl: datetime.timedelta = TOKEN_TTL) -> str:
         """A token with the grants lk-jwt-service gives (join, publish, subscribe, own
         metadata; no room creation)."""
-        grants = api.VideoGrants(
-            room_join=True,
-            room_create=False,
-            room=room,
-            can_publish=True,
-            can_subscribe=True,
-            can_update_own_metadata=True,
-        )
-        token = (
-            api.AccessToken(self.api_key, self._secret)
-            .with_identity(identity)
-            .with_grants(grants)
-            .with_ttl(ttl)
-        )
         with _short_keys_allowed():
-            return token.to_jwt()
+            return mint_token(self.api_key, self._secret, identity, room, ttl)
 
 
 def bearer_token(request: web.Request) -> str:

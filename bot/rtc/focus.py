@@ -164,6 +164,25 @@ async def sfu_access(
     return SfuAccess(url=url, jwt=jwt, identity=identity, transport=transport)
 
 
+def mint_token(
+    api_key: str, api_secret: str, identity: str, room: str, ttl: timedelta = TOKEN_TTL
+) -> str:
+    """A LiveKit token with the grants lk-jwt-service gives: join, publish, subscribe and
+    update own metadata; no room creation."""
+    from livekit import api  # heavy import, only when minting
+
+    grants = api.VideoGrants(
+        room=room,
+        room_join=True,
+        room_create=False,
+        can_publish=True,
+        can_subscribe=True,
+        can_update_own_metadata=True,
+    )
+    token = api.AccessToken(api_key, api_secret).with_identity(identity).with_grants(grants)
+    return token.with_ttl(ttl).to_jwt()
+
+
 def mint_access(
     cfg: RtcConfig,
     user_id: str,
@@ -175,28 +194,17 @@ def mint_access(
     slot_id: str = DEFAULT_SLOT_ID,
 ) -> SfuAccess:
     """A token signed with our own LiveKit key, as lk-jwt-service would issue it."""
-    from livekit import api  # heavy import, only when minting
-
     assert cfg.livekit_url and cfg.livekit_api_key and cfg.livekit_api_secret
     identity = (
         legacy_identity(user_id, device_id)
         if member_id is None
         else hashed_identity(user_id, device_id, member_id, go=True)
     )
-    grants = api.VideoGrants(
-        room=livekit_room_alias(room_id, slot_id),
-        room_join=True,
-        room_create=False,
-        can_publish=True,
-        can_subscribe=True,
-        can_update_own_metadata=True,
-    )
-    jwt = (
-        api.AccessToken(cfg.livekit_api_key, cfg.livekit_api_secret)
-        .with_identity(identity)
-        .with_grants(grants)
-        .with_ttl(TOKEN_TTL)
-        .to_jwt()
+    jwt = mint_token(
+        cfg.livekit_api_key,
+        cfg.livekit_api_secret,
+        identity,
+        livekit_room_alias(room_id, slot_id),
     )
     register_secret(jwt)
     return SfuAccess(url=cfg.livekit_url, jwt=jwt, identity=identity, transport=transport)
