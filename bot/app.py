@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class CallBot:
-    """One bot account: its Matrix connection, commands and (later) calls.
+    """One bot account: its Matrix connection, commands, calls and their plugins.
 
     Constructing it does no I/O and validates everything the config names (e.g. the
     ``[commands.<name>]`` sections), so ``callbot check-config`` can build one to check.
