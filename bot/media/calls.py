@@ -113,7 +113,15 @@ class CallMediaManager:
         ctx = context(room=session.room_id)
         router = FrameRouter()
 
+        connects = 0
+
         async def access() -> SfuAccess:
+            """The token from joining for the first connection; a fresh one for each
+            reconnection (tokens last an hour, calls may not)."""
+            nonlocal connects
+            connects += 1
+            if connects > 1:
+                return await session.refresh_sfu_access()
             if session.sfu is None:
                 raise RuntimeError("not in the call")
             return session.sfu

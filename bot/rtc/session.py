@@ -207,6 +207,16 @@ class MatrixRTCSession:
         self._spawn(self._distribute_keys())
         return self.sfu
 
+    async def refresh_sfu_access(self) -> SfuAccess:
+        """A new LiveKit token for the SFU we joined on (the old one may have expired)."""
+        if self.sfu is None or not self.is_joined:
+            raise RtcError("I am not in this call.")
+        member_id = self._manager.member_id if self._manager.sticky else None
+        self.sfu = await sfu_access(
+            self.client, self.cfg, self.sfu.transport, self.room_id, member_id=member_id
+        )
+        return self.sfu
+
     def active_transport(self) -> dict[str, Any] | None:
         """The SFU of the call's oldest member (what the bot follows when joining)."""
         if not self.memberships:
