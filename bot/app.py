@@ -12,6 +12,7 @@ from bot.commands.dispatch import Dispatcher
 from bot.commands.permissions import UserPatterns
 from bot.commands.registry import CommandRegistry
 from bot.config import Config
+from bot.consent import ConsentCommands, OptOuts
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage
@@ -37,11 +38,13 @@ class CallBot:
         self.config = config
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
-        self.media = CallMediaManager(self.matrix, self.rtc)
+        self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
+        self.media = CallMediaManager(self.matrix, self.rtc, self.optouts)
         self.call_commands = CallCommands(self.rtc, self.media.e2ee_state)
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
         self.registry.register(self.call_commands)
+        self.registry.register(ConsentCommands(self.optouts))
         for plugin in load_plugins(config.plugins, extra_plugins):
             self.add_plugin(plugin)
         config.check_command_names(self.registry.names())

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.consent import OptOuts
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.media.engine import AudioOutput, CallMedia, VideoOutput
@@ -27,8 +28,11 @@ PluginFactory = Callable[[], Plugin]
 class Call:
     """What a plugin gets in ``on_call_start``: the call it is in (``bot.plugin.CallContext``)."""
 
-    def __init__(self, matrix: MatrixClient, session: MatrixRTCSession, media: CallMedia) -> None:
+    def __init__(
+        self, matrix: MatrixClient, session: MatrixRTCSession, media: CallMedia, optouts: OptOuts
+    ) -> None:
         self._matrix = matrix
+        self._optouts = optouts
         self._session = session
         self._media = media
         self.room_id = session.room_id
@@ -42,7 +46,7 @@ class Call:
         return result
 
     def opted_out(self, user_id: str) -> bool:
-        return False  # consent (!optout) arrives with the recorder
+        return self._optouts.opted_out(self.room_id, user_id)
 
     async def post(self, text: str, html: str | None = None) -> str:
         from bot.matrix.messages import notice
@@ -70,8 +74,11 @@ class Call:
 
 
 class CallMediaManager:
-    def __init__(self, matrix: MatrixClient, rtc: MatrixRTCSessionManager) -> None:
+    def __init__(
+        self, matrix: MatrixClient, rtc: MatrixRTCSessionManager, optouts: OptOuts
+    ) -> None:
         self.matrix = matrix
+        self.optouts = optouts
         self.plugins: list[tuple[PluginFactory, frozenset[str] | None]] = []
         self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
         rtc.session_created.connect(self._watch)
@@ -141,7 +148,7 @@ class CallMediaManager:
         except Exception:
             log.exception("could not connect to the call's SFU", extra=ctx)
             return
-        call = Call(self.matrix, session, media)
+        call = Call(self.matrix, session, media, self.optouts)
         for plugin in plugins:
             try:
                 await plugin.on_call_start(call)
