@@ -174,6 +174,8 @@ class CallContext(Protocol):
     """What a plugin can do in the call it is in."""
 
     room_id: str
+    #: A folder private to the bot's user for this room's files (<data_dir>/calls/<room>).
+    files_dir: Path
 
     def participants(self) -> list[Participant]: ...
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,9 @@ class RecordedVideo:
 class FakeCall:
     """A ``CallContext`` that records instead of talking to Matrix."""
 
-    def __init__(self, room_id: str = "!test:example.org") -> None:
+    def __init__(self, room_id: str = "!test:example.org", files_dir: Path | None = None) -> None:
         self.room_id = room_id
+        self.files_dir = files_dir or Path(tempfile.mkdtemp(prefix="callbot-test-"))
         self.members: list[Participant] = []
         self.opted_out_users: set[str] = set()
         self.posts: list[str] = []

@@ -118,3 +118,12 @@ async def test_plugin_commands_run_on_the_calls_instance() -> None:
     bot.media.instance = lambda room_id, cls: instance if room_id == "!room:x" else None
     await greet.handler(ctx)
     assert replies == ["yoyo"]
+
+
+def test_the_recorder_is_installed_as_a_plugin(tmp_path: Path) -> None:
+    from plugins.recorder.plugin import Recorder
+
+    (loaded,) = load_plugins(
+        cfg({"enabled": ["recorder"], "recorder": {"max_upload_mb": 5}}).plugins
+    )
+    assert loaded.cls is Recorder and loaded.config.max_upload_mb == 5.0

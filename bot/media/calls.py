@@ -29,10 +29,16 @@ class Call:
     """What a plugin gets in ``on_call_start``: the call it is in (``bot.plugin.CallContext``)."""
 
     def __init__(
-        self, matrix: MatrixClient, session: MatrixRTCSession, media: CallMedia, optouts: OptOuts
+        self,
+        matrix: MatrixClient,
+        session: MatrixRTCSession,
+        media: CallMedia,
+        optouts: OptOuts,
+        files_dir: Path,
     ) -> None:
         self._matrix = matrix
         self._optouts = optouts
+        self.files_dir = files_dir
         self._session = session
         self._media = media
         self.room_id = session.room_id
@@ -91,6 +97,11 @@ class CallMediaManager:
         """The instance of a plugin class in the call of a room, if the bot is in it."""
         return next((r.plugin for r in self.runners(room_id) if type(r.plugin) is cls), None)
 
+    def files_dir(self, room_id: str) -> Path:
+        """``<data_dir>/calls/<room>``: a folder name made safe from the room ID."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in room_id.lstrip("!"))
+        return self.matrix.data_dir / "calls" / safe
+
     def media(self, room_id: str) -> CallMedia | None:
         call = self._calls.get(room_id)
         return call[0] if call else None
@@ -148,7 +159,7 @@ class CallMediaManager:
         except Exception:
             log.exception("could not connect to the call's SFU", extra=ctx)
             return
-        call = Call(self.matrix, session, media, self.optouts)
+        call = Call(self.matrix, session, media, self.optouts, self.files_dir(session.room_id))
         for plugin in plugins:
             try:
                 await plugin.on_call_start(call)

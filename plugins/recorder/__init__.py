@@ -1,0 +1,1 @@
+"""The recorder plugin: per-participant and mixed Opus/Ogg recordings of calls."""

@@ -1,0 +1,260 @@
+"""``!record start`` / ``!record stop``: per-participant and mixed Opus/Ogg files of a call.
+
+Files go to ``<data_dir>/calls/<room>/<UTC start>/``: ``<user>-<device>.ogg`` per participant,
+``mixed.ogg``, and ``meta.json``. All files share one timeline (silence where someone was
+quiet, muted, not there yet, or lost), so they line up with each other and with the clock.
+Nobody who opted out (``!optout``) is in any file. Recording refuses to start if it cannot
+tell the room; people who join later are told too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.commands.registry import Arg, CommandContext, command
+from bot.errors import CommandError
+from bot.plugin import (
+    AudioFrame,
+    AudioWants,
+    CallContext,
+    Gap,
+    Overflow,
+    Participant,
+    ParticipantChange,
+    ParticipantEvent,
+    Plugin,
+)
+from plugins.recorder.mixer import MixBuffer
+from plugins.recorder.ogg import OpusOggWriter
+from plugins.recorder.timeline import TrackTimeline
+
+log = logging.getLogger(__name__)
+
+RATE = 48_000
+#: The mix is written this far behind the newest audio, so late frames still get in.
+MIX_DELAY_S = 1.0
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    #: Rooms where recording starts as soon as the bot is in the call.
+    auto_rooms: tuple[str, ...] = ()
+    #: Post the mixed file to the room at the end (encrypted in encrypted rooms).
+    upload_mixed: bool = True
+    #: Larger mixed files are not uploaded (the summary says where they are).
+    max_upload_mb: float = 50.0
+    #: Opus bitrate per file, bits per second.
+    bitrate: int = 32_000
+
+
+@dataclass
+class _Track:
+    participant: Participant
+    writer: OpusOggWriter
+    timeline: TrackTimeline
+    joined_at: float
+    left_at: float | None = None
+
+
+@dataclass
+class _Recording:
+    folder: Path
+    started_utc: str
+    started_at: float  # call clock
+    mix: OpusOggWriter
+    mix_buffer: MixBuffer = field(default_factory=lambda: MixBuffer(RATE))
+    tracks: dict[str, _Track] = field(default_factory=dict)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    latest: float = 0.0
+
+
+class Recorder(Plugin):
+    name = "recorder"
+    audio = AudioWants(sample_rate=RATE, channels=1, frame_ms=20)
+    overflow = Overflow.LOSSLESS
+    queue_size = 3000  # 60 s of one person; a gap marker if even that is not enough
+    Config = RecorderConfig
+
+    def __init__(self, config: RecorderConfig | None = None) -> None:
+        self.config = config or RecorderConfig()
+        self.call: CallContext | None = None
+        self.recording: _Recording | None = None
+        self._now = 0.0  # the call clock, from the frames
+
+    async def on_call_start(self, call: CallContext) -> None:
+        self.call = call
+        if call.room_id in self.config.auto_rooms:
+            await self.start()
+
+    async def on_call_end(self) -> None:
+        if self.recording is not None:
+            await self.stop()
+
+    @command(help="Record this call: !record start, or !record stop", args=[Arg("action")])
+    async def record(self, ctx: CommandContext, action: str) -> None:
+        if action == "start":
+            if self.recording is not None:
+                raise CommandError("This call is already being recorded.")
+            await self.start()
+        elif action == "stop":
+            if self.recording is None:
+                raise CommandError("This call is not being recorded.")
+            await self.stop()
+        else:
+            raise CommandError(f"Usage: {ctx.prefix}record start|stop")
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        call = self._call()
+        try:
+            await call.post(
+                "🔴 This call is being recorded. Type !optout to keep your voice and video "
+                "out of the recording."
+            )
+        except Exception as e:  # no notice, no recording
+            raise CommandError(
+                f"I could not post the recording notice, so I am not recording: {e}"
+            ) from None
+        started_utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        folder = call.files_dir / started_utc
+        await call.run_blocking(lambda: folder.mkdir(mode=0o700, parents=True, exist_ok=True))
+        mix = await call.run_blocking(
+            OpusOggWriter, folder / "mixed.ogg", RATE, 1, self.config.bitrate
+        )
+        self.recording = _Recording(folder, started_utc, self._now, mix)
+        await call.run_blocking(self._write_meta, False)
+        log.info("recording to %s", folder)
+
+    async def stop(self) -> None:
+        rec, call = self.recording, self._call()
+        if rec is None:
+            return
+        self.recording = None
+        await call.run_blocking(self._finish, rec)
+        duration = rec.mix.seconds
+        names = sorted(t.participant.name for t in rec.tracks.values())
+        await call.post(
+            f"⏹ Recording stopped: {duration / 60:.0f} min {duration % 60:.0f} s, "
+            f"{len(names)} participants ({', '.join(names) or 'nobody'}). Files: "
+            f"{', '.join(sorted(p.name for p in rec.folder.iterdir()))}."
+        )
+        mixed = rec.folder / "mixed.ogg"
+        size_mb = mixed.stat().st_size / 1e6
+        if self.config.upload_mixed and size_mb <= self.config.max_upload_mb:
+            await call.upload(mixed, "audio/ogg", f"Recording {rec.started_utc} (mixed)")
+        elif self.config.upload_mixed:
+            await call.post(
+                f"The mixed file ({size_mb:.0f} MB) is over the upload limit of "
+                f"{self.config.max_upload_mb:.0f} MB; it stays on the server."
+            )
+
+    def _finish(self, rec: _Recording) -> None:
+        self._flush_mix(rec, final=True)
+        rec.mix.close()
+        for track in rec.tracks.values():
+            track.writer.close()
+        self._write_meta(True, rec)
+
+    # ------------------------------------------------------------------ media
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        self._now = max(self._now, frame.timestamp)
+        rec = self.recording
+        if rec is None or self._call().opted_out(frame.participant.user_id):
+            return
+        await self._call().run_blocking(self._write, rec, frame)
+
+    def _write(self, rec: _Recording, frame: AudioFrame) -> None:
+        track = rec.tracks.get(frame.participant.identity)
+        t = frame.timestamp - rec.started_at
+        if track is None:
+            name = _file_name(frame.participant)
+            writer = OpusOggWriter(rec.folder / name, RATE, 1, self.config.bitrate)
+            track = _Track(frame.participant, writer, TrackTimeline(RATE), joined_at=max(0, t))
+            rec.tracks[frame.participant.identity] = track
+        placed = track.timeline.place(t, frame.pcm)
+        track.writer.write_silence(placed.silence)
+        track.writer.write(placed.pcm)
+        start = track.timeline.position - placed.pcm.shape[0]
+        rec.mix_buffer.add(start, placed.pcm[:, 0])
+        rec.latest = max(rec.latest, t)
+        self._flush_mix(rec)
+
+    def _flush_mix(self, rec: _Recording, final: bool = False) -> None:
+        until = None if final else round((rec.latest - MIX_DELAY_S) * RATE)
+        for block in rec.mix_buffer.take(until):
+            rec.mix.write(block.reshape(-1, 1))
+
+    async def on_gap(self, gap: Gap) -> None:
+        if self.recording is not None:
+            self.recording.gaps.append(
+                {
+                    "user_id": gap.participant.user_id,
+                    "frames": gap.frames,
+                    "start": round(gap.start - self.recording.started_at, 3),
+                    "end": round(gap.end - self.recording.started_at, 3),
+                }
+            )
+
+    async def on_participant(self, event: ParticipantEvent) -> None:
+        rec = self.recording
+        if rec is None:
+            return
+        if event.change is ParticipantChange.JOINED:
+            await self._call().post(
+                f"{event.participant.name}: this call is being recorded. Type !optout to keep "
+                "your voice and video out of it."
+            )
+        elif event.change is ParticipantChange.LEFT:
+            track = rec.tracks.get(event.participant.identity)
+            if track is not None:
+                track.left_at = round(event.timestamp - rec.started_at, 3)
+
+    # ------------------------------------------------------------------ meta
+
+    def _write_meta(self, complete: bool, rec: _Recording | None = None) -> None:
+        rec = rec or self.recording
+        if rec is None:
+            return
+        call = self._call()
+        meta = {
+            "room_id": call.room_id,
+            "started_utc": rec.started_utc,
+            "complete": complete,
+            "duration_s": round(rec.mix.seconds, 3),
+            "participants": [
+                {
+                    "user_id": t.participant.user_id,
+                    "device_id": t.participant.device_id,
+                    "display_name": t.participant.display_name,
+                    "file": t.writer.path.name,
+                    "joined_at_s": round(t.joined_at, 3),
+                    "left_at_s": t.left_at,
+                    "silences": [[round(a, 3), round(b, 3)] for a, b in t.timeline.gaps],
+                }
+                for t in rec.tracks.values()
+            ],
+            "opted_out": sorted(
+                p.user_id for p in call.participants() if call.opted_out(p.user_id)
+            ),
+            "lost": rec.gaps,
+        }
+        tmp = rec.folder / ".meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(rec.folder / "meta.json")
+
+    def _call(self) -> CallContext:
+        if self.call is None:
+            raise CommandError("I am not in this room's call.")
+        return self.call
+
+
+def _file_name(p: Participant) -> str:
+    raw = f"{p.user_id.lstrip('@')}-{p.device_id}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw) + ".ogg"

@@ -1,0 +1,147 @@
+"""The recorder plugin, with the plugin test kit: real Opus/Ogg files, decoded and measured."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from bot.errors import CommandError
+from bot.plugin import AudioFrame, Participant
+from bot.testing import FakeCall, PluginHarness
+from plugins.recorder.mixer import MixBuffer
+from plugins.recorder.plugin import RATE, Recorder, RecorderConfig
+from plugins.recorder.timeline import TrackTimeline
+
+FRAME = 960
+
+
+def tone(freq: float, start: int) -> np.ndarray:
+    t = np.arange(start, start + FRAME) / RATE
+    return (0.25 * 32767 * np.sin(2 * math.pi * freq * t)).astype(np.int16).reshape(-1, 1)
+
+
+def decode(path: Path) -> np.ndarray:
+    """The file's samples on the int16 scale (the Opus decoder gives floats)."""
+    with av.open(str(path)) as container:
+        chunks = [f.to_ndarray().reshape(-1) for f in container.decode(audio=0)]
+    samples = np.concatenate(chunks).astype(np.float32)
+    return samples * 32768 if np.abs(samples).max() <= 1.0 else samples
+
+
+def level(samples: np.ndarray, freq: float) -> float:
+    """Strength of ``freq`` in a stretch of audio (FFT magnitude near it)."""
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    bin_hz = RATE / samples.size
+    i = round(freq / bin_hz)
+    return float(spectrum[max(0, i - 2) : i + 3].max())
+
+
+def onset(samples: np.ndarray, threshold: float = 2000.0) -> float:
+    """Seconds until the audio first gets loud."""
+    loud = np.flatnonzero(np.abs(samples) > threshold)
+    return loud[0] / RATE if loud.size else math.inf
+
+
+async def test_per_participant_and_mixed_files_line_up(tmp_path: Path) -> None:
+    call = FakeCall(files_dir=tmp_path / "calls" / "room")
+    h = PluginHarness(Recorder(RecorderConfig(upload_mixed=True)), call)
+    await h.start()
+    alice, bob, carol = (
+        Participant(f"@{n}:x", n.upper(), f"@{n}:x:{n.upper()}", n.title())
+        for n in ("alice", "bob", "carol")
+    )
+    call.members += [alice, bob, carol]
+    call.opted_out_users.add(carol.user_id)
+    await h.plugin.start()
+    assert call.posts[0].startswith("🔴 This call is being recorded")
+    # 2 s: alice speaks all along (440 Hz); bob (660 Hz) joins at 0.5 s and is muted from
+    # 1.0 to 1.5 s; carol (opted out) speaks all along at 880 Hz.
+    for i in range(100):
+        t = i * 0.02
+        frames = [(alice, 440), (carol, 880)]
+        if 0.5 <= t < 1.0 or t >= 1.5:
+            frames.append((bob, 660))
+        for who, freq in frames:
+            h.router.push_audio(Recorder.audio, AudioFrame(who, tone(freq, i * FRAME), RATE, t))
+        await h.settle()
+    await h.plugin.stop()
+
+    folder = next((tmp_path / "calls" / "room").iterdir())
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["alice_x-ALICE.ogg", "bob_x-BOB.ogg", "meta.json", "mixed.ogg"]
+    a, b, mix = (decode(folder / n) for n in ("alice_x-ALICE.ogg", "bob_x-BOB.ogg", "mixed.ogg"))
+    assert abs(a.size / RATE - 2.0) < 0.05 and abs(b.size / RATE - 2.0) < 0.05
+    # Each file holds its own voice only; bob's starts at 0.5 s and is silent while muted.
+    assert level(a[:RATE], 440) > 20 * level(a[:RATE], 660)
+    assert abs(onset(b) - 0.5) < 0.04
+    assert np.abs(b[int(1.1 * RATE) : int(1.4 * RATE)]).max() < 500
+    # The mix has both, and nothing of carol, who opted out.
+    mid = mix[int(0.6 * RATE) : int(0.9 * RATE)]
+    assert level(mid, 440) > 0.2 * level(mid, 660) > 0
+    assert level(mid, 880) < 0.05 * level(mid, 440)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["complete"] is True and meta["opted_out"] == [carol.user_id]
+    bob_meta = next(p for p in meta["participants"] if p["user_id"] == bob.user_id)
+    assert bob_meta["joined_at_s"] == pytest.approx(0.5, abs=0.02)
+    # silence before he joined, and while muted
+    assert bob_meta["silences"] == [
+        [0.0, pytest.approx(0.5, abs=0.02)],
+        [pytest.approx(1.0, abs=0.02), pytest.approx(1.5, abs=0.02)],
+    ]
+    assert "Recording stopped" in call.posts[-1]
+    assert [u[0].name for u in call.uploads] == ["mixed.ogg"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [folder])
+
+
+async def test_refuses_to_record_without_a_notice(tmp_path: Path) -> None:
+    class Mute(FakeCall):
+        async def post(self, text: str, html: str | None = None) -> str:
+            raise ConnectionError("homeserver down")
+
+    h = PluginHarness(Recorder(), Mute(files_dir=tmp_path))
+    await h.start()
+    with pytest.raises(CommandError, match="could not post the recording notice"):
+        await h.plugin.start()
+    assert h.plugin.recording is None and list(tmp_path.iterdir()) == []
+
+
+def test_timeline_and_mix_units() -> None:
+    tl = TrackTimeline(RATE, tolerance_s=0.06)
+    assert tl.place(0.0, np.zeros((960, 1))).silence == 0
+    p = tl.place(0.5, np.ones((960, 1)))  # 0.48 s later than expected: filled
+    assert p.silence == round(0.5 * RATE) - 960 and tl.gaps == [(0.02, 0.5)]
+    late = tl.place(0.49, np.ones((960, 1)))  # within tolerance: appended as is
+    assert late.silence == 0 and late.pcm.shape[0] == 960
+    mix = MixBuffer(RATE)
+    mix.add(0, np.full(960, 100, np.int16))
+    mix.add(480, np.full(960, 30000, np.int16))
+    first, second = mix.take(None)
+    assert first[0] == 100 and first[500] == 30100
+    assert second[0] == 30000 and second[600] == 0
+    assert np.iinfo(np.int16).max >= first.max()
+
+
+def test_a_killed_writer_leaves_a_playable_file(tmp_path: Path) -> None:
+    path = tmp_path / "killed.ogg"
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np
+        from plugins.recorder.ogg import OpusOggWriter
+        w = OpusOggWriter(__import__("pathlib").Path({str(path)!r}))
+        for i in range(150):  # 3 s of tone, then die without closing
+            t = np.arange(i * 960, (i + 1) * 960) / 48000
+            w.write((8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    assert proc.returncode == -9
+    samples = decode(path)
+    assert samples.size / RATE > 2.7  # all but the last page (~100 ms)
+    assert level(samples[:RATE], 440) > 0
