@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 RATE = 48_000
 #: The mix is written this far behind the newest audio, so late frames still get in.
 MIX_DELAY_S = 1.0
+#: Frames handed to the writing thread together (one hop per 10 frames, not per frame).
+BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class _Recording:
     tracks: dict[str, _Track] = field(default_factory=dict)
     gaps: list[dict[str, Any]] = field(default_factory=list)
     latest: float = 0.0
+    pending: list[AudioFrame] = field(default_factory=list)
 
 
 class Recorder(Plugin):
@@ -136,6 +139,7 @@ class Recorder(Plugin):
         if rec is None:
             return
         self.recording = None
+        await call.run_blocking(self._write_batch, rec, rec.pending)
         await call.run_blocking(self._finish, rec)
         duration = rec.mix.seconds
         names = sorted(t.participant.name for t in rec.tracks.values())
@@ -168,7 +172,15 @@ class Recorder(Plugin):
         rec = self.recording
         if rec is None or self._call().opted_out(frame.participant.user_id):
             return
-        await self._call().run_blocking(self._write, rec, frame)
+        rec.pending.append(frame)
+        if len(rec.pending) >= BATCH:
+            batch, rec.pending = rec.pending, []
+            await self._call().run_blocking(self._write_batch, rec, batch)
+
+    def _write_batch(self, rec: _Recording, frames: list[AudioFrame]) -> None:
+        for frame in frames:
+            self._write(rec, frame)
+        self._flush_mix(rec)
 
     def _write(self, rec: _Recording, frame: AudioFrame) -> None:
         track = rec.tracks.get(frame.participant.identity)
@@ -184,7 +196,6 @@ class Recorder(Plugin):
         start = track.timeline.position - placed.pcm.shape[0]
         rec.mix_buffer.add(start, placed.pcm[:, 0])
         rec.latest = max(rec.latest, t)
-        self._flush_mix(rec)
 
     def _flush_mix(self, rec: _Recording, final: bool = False) -> None:
         until = None if final else round((rec.latest - MIX_DELAY_S) * RATE)
