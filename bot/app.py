@@ -15,7 +15,7 @@ from bot.config import Config
 from bot.consent import ConsentCommands, OptOuts
 from bot.log import context
 from bot.matrix.client import MatrixClient
-from bot.matrix.messages import IncomingMessage
+from bot.matrix.messages import IncomingMessage, notice
 from bot.media.calls import CallMediaManager
 from bot.plugin import Plugin
 from bot.plugin_loader import LoadedPlugin, load_plugins
@@ -41,6 +41,7 @@ class CallBot:
         self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
         self.media = CallMediaManager(self.matrix, self.rtc, self.optouts)
         self.call_commands = CallCommands(self.rtc, self.media.e2ee_state)
+        self._plugin_classes: list[type[Plugin]] = []
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
         self.registry.register(self.call_commands)
@@ -63,6 +64,7 @@ class CallBot:
 
     def add_plugin(self, plugin: LoadedPlugin) -> None:
         """Run a plugin in calls, and make its commands available."""
+        self._plugin_classes.append(plugin.cls)
         self.media.add_plugin(plugin.make, plugin.rooms)
         self.registry.register_plugin_class(
             plugin.cls,
@@ -76,6 +78,11 @@ class CallBot:
 
     async def start(self) -> None:
         await self.matrix.start()
+        for cls in self._plugin_classes:
+            try:
+                await cls.on_bot_start(self.config.bot.data_dir, self._post)
+            except Exception:
+                log.exception("plugin %s failed at start-up", cls.name)
         log.info(
             "ready: %d rooms, %d commands", len(self.matrix.joined_rooms()), len(self.registry)
         )
@@ -110,6 +117,9 @@ class CallBot:
                 loop.remove_signal_handler(sig)
             with contextlib.suppress(Exception):
                 await self.stop()
+
+    async def _post(self, room_id: str, text: str) -> str:
+        return await self.matrix.send(room_id, notice(text))
 
     async def _reply(self, msg: IncomingMessage, text: str, html: str | None) -> str:
         return await self.matrix.reply(msg, text, html, self.config.bot.reply_mode)

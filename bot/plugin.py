@@ -21,7 +21,7 @@ failures, disabled for the call; it never ends the call.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -218,6 +218,13 @@ class Plugin:
             raise TypeError(f"{cls.__qualname__}: set name to a short word (letters, digits, -_)")
         if cls.queue_size < 1:
             raise TypeError(f"{cls.__qualname__}: queue_size must be at least 1")
+
+    @classmethod
+    async def on_bot_start(
+        cls, data_dir: Path, post: Callable[[str, str], Awaitable[object]]
+    ) -> None:
+        """Once per start of the bot, before any call: e.g. tidy up after a crash.
+        ``post(room_id, text)`` sends a notice to a room."""
 
     async def on_call_start(self, call: CallContext) -> None:
         """The bot is in a call; keep ``call`` to post or publish."""

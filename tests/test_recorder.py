@@ -145,3 +145,31 @@ def test_a_killed_writer_leaves_a_playable_file(tmp_path: Path) -> None:
     samples = decode(path)
     assert samples.size / RATE > 2.7  # all but the last page (~100 ms)
     assert level(samples[:RATE], 440) > 0
+
+
+async def test_interrupted_recordings_are_finalized_and_announced(tmp_path: Path) -> None:
+    call = FakeCall(room_id="!room:x", files_dir=tmp_path / "calls" / "room_x")
+    h = PluginHarness(Recorder(), call)
+    await h.start()
+    alice = h.participant("@alice:x")
+    await h.plugin.start()
+    await h.feed_audio(alice, seconds=0.5, freq=440)
+    # The bot dies here: no stop(). On the next start:
+    told: list[tuple[str, str]] = []
+
+    async def post(room_id: str, text: str) -> None:
+        told.append((room_id, text))
+
+    await Recorder.on_bot_start(tmp_path, post)
+    (folder,) = (tmp_path / "calls" / "room_x").iterdir()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["complete"] is True and meta["interrupted"] is True
+    assert told == [
+        (
+            "!room:x",
+            f"The recording started {meta['started_utc']} was interrupted "
+            "(the bot stopped unexpectedly). Its files are kept up to that moment.",
+        )
+    ]
+    await Recorder.on_bot_start(tmp_path, post)  # only once
+    assert len(told) == 1

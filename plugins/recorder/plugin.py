@@ -9,9 +9,11 @@ tell the room; people who join later are told too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,25 @@ class Recorder(Plugin):
         self.call: CallContext | None = None
         self.recording: _Recording | None = None
         self._now = 0.0  # the call clock, from the frames
+
+    @classmethod
+    async def on_bot_start(
+        cls, data_dir: Path, post: Callable[[str, str], Awaitable[object]]
+    ) -> None:
+        """Recordings a crash interrupted: their files play up to the crash; mark them
+        finished and tell their rooms."""
+        for meta_path, meta in await asyncio.to_thread(interrupted_recordings, data_dir):
+            meta.update(complete=True, interrupted=True)
+            await asyncio.to_thread(_write_json, meta_path, meta)
+            log.warning("finalized the interrupted recording %s", meta_path.parent)
+            try:
+                await post(
+                    meta["room_id"],
+                    f"The recording started {meta['started_utc']} was interrupted (the bot "
+                    "stopped unexpectedly). Its files are kept up to that moment.",
+                )
+            except Exception:
+                log.exception("could not tell %s about its interrupted recording", meta["room_id"])
 
     async def on_call_start(self, call: CallContext) -> None:
         self.call = call
@@ -256,14 +277,32 @@ class Recorder(Plugin):
             ),
             "lost": rec.gaps,
         }
-        tmp = rec.folder / ".meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(rec.folder / "meta.json")
+        _write_json(rec.folder / "meta.json", meta)
 
     def _call(self) -> CallContext:
         if self.call is None:
             raise CommandError("I am not in this room's call.")
         return self.call
+
+
+def interrupted_recordings(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(meta.json path, its content) of every recording not marked complete."""
+    found = []
+    for meta_path in sorted((data_dir / "calls").glob("*/*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("unreadable %s; leaving it alone", meta_path)
+            continue
+        if isinstance(meta, dict) and meta.get("complete") is False and "room_id" in meta:
+            found.append((meta_path, meta))
+    return found
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _file_name(p: Participant) -> str:
