@@ -374,3 +374,28 @@ async def test_the_bot_reconnects_after_the_sfu_drops_it(
             stop.set()
             await feeder
             await restarted.stop()
+
+
+async def test_the_recorder_records_an_encrypted_call(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    from plugins.recorder.plugin import Recorder, RecorderConfig
+    from tests.test_recorder import decode, level
+
+    recorder = Recorder(RecorderConfig(upload_mixed=False))
+    async with scene(synapse, sfu, tmp_path, (recorder,)) as s:
+        tone = lkclient.Tone(440)
+        await tone.publish(s.lk)
+        await wait_until(lambda: heard(s.listener, s.alice.user_id, 440), TIMEOUT, "440 Hz")
+        await recorder.start()
+        await asyncio.sleep(2.0)
+        await recorder.stop()
+        await tone.stop()
+    (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
+    files = sorted(p.name for p in folder.iterdir())
+    alice_file = next(f for f in files if f.startswith(s.alice.user_id.lstrip("@").split(":")[0]))
+    samples = decode(folder / alice_file)
+    assert samples.size / 48_000 > 1.5
+    loud = samples[samples.size // 4 :]
+    assert level(loud, 440) > 10 * level(loud, 660)
+    assert "mixed.ogg" in files and "meta.json" in files
