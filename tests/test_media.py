@@ -399,3 +399,65 @@ async def test_the_recorder_records_an_encrypted_call(
     loud = samples[samples.size // 4 :]
     assert level(loud, 440) > 10 * level(loud, 660)
     assert "mixed.ogg" in files and "meta.json" in files
+
+
+def tone_onset(samples: np.ndarray, freq: float, rate: int = 48_000) -> float:
+    """When ``freq`` first reaches half its eventual strength, in 10 ms steps (seconds)."""
+    from tests.test_recorder import level
+
+    step, win = rate // 100, rate // 25
+    strengths = [level(samples[i : i + win], freq) for i in range(0, samples.size - win, step)]
+    peak = max(strengths)
+    first = next(i for i, v in enumerate(strengths) if v > 0.5 * peak)
+    return first * step / rate
+
+
+async def test_recordings_of_two_people_line_up(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """alice speaks from the start, bob joins a second later: his file and the mix agree on
+    when he started (within 40 ms), and each file holds only its own voice."""
+    from plugins.recorder.plugin import Recorder, RecorderConfig
+    from tests.test_recorder import decode, level
+
+    recorder = Recorder(RecorderConfig(upload_mixed=False))
+    async with (
+        scene(synapse, sfu, tmp_path, (recorder,)) as s,
+        js_peer(synapse, tmp_path, "bob") as bob,
+    ):
+        alice_tone = lkclient.Tone(440)
+        await alice_tone.publish(s.lk)
+        await s.alice.call("invite", room_id=s.room, user_id=bob.user_id)
+        await bob.call("join_room", room_id=s.room)
+        focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+        await bob.call("rtc_join", room_id=s.room, foci=focus)
+        bob_lk = await lkclient.connect(
+            sfu.url, bob.identity, livekit_room_alias(s.room, "m.call#ROOM"), keys={}
+        )
+        own = await bob.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
+        bob_lk.set_key(bob.identity, base64.b64decode(own["key"]), own["index"])
+        await wait_until(lambda: heard(s.listener, s.alice.user_id, 440), TIMEOUT, "alice")
+        await recorder.start()
+        await asyncio.sleep(1.0)
+        bob_tone = lkclient.Tone(660)
+        await bob_tone.publish(bob_lk)
+        await wait_until(lambda: heard(s.listener, bob.user_id, 660), TIMEOUT, "bob")
+        await asyncio.sleep(1.5)
+        await recorder.stop()
+        await bob_tone.stop()
+        await alice_tone.stop()
+        await bob_lk.close()
+    (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
+    by_user = {p.name.split("_")[0]: p for p in folder.glob("*.ogg") if p.name != "mixed.ogg"}
+    alice_pcm = decode(by_user[s.alice.user_id.lstrip("@").split(":")[0]])
+    bob_pcm = decode(by_user[bob.user_id.lstrip("@").split(":")[0]])
+    mix = decode(folder / "mixed.ogg")
+    # One timeline: bob's file starts with silence and his voice starts where it does in the mix.
+    bob_start = tone_onset(bob_pcm, 660)
+    assert bob_start > 0.8
+    assert abs(bob_start - tone_onset(mix, 660)) < 0.04
+    # Each file holds its own voice only; the mix holds both.
+    tail = slice(-48_000, None)
+    assert level(alice_pcm[tail], 440) > 10 * level(alice_pcm[tail], 660)
+    assert level(bob_pcm[tail], 660) > 10 * level(bob_pcm[tail], 440)
+    assert level(mix[tail], 440) > 0.1 * level(mix[tail], 660) > 0
