@@ -461,3 +461,79 @@ async def test_recordings_of_two_people_line_up(
     assert level(alice_pcm[tail], 440) > 10 * level(alice_pcm[tail], 660)
     assert level(bob_pcm[tail], 660) > 10 * level(bob_pcm[tail], 440)
     assert level(mix[tail], 440) > 0.1 * level(mix[tail], 660) > 0
+
+
+async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """The real `callbot run` records, is SIGKILLed, and on restart finalizes the recording."""
+    import json
+    import signal
+
+    from tests.botproc import BotProcess
+    from tests.test_recorder import decode, level
+
+    account = synapse.register("bot")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[matrix]\nhomeserver = "{synapse.url}"\nuser_id = "{account.user_id}"\n'
+        f'password = "{account.password}"\n[bot]\ndata_dir = "data"\n'
+        '[logging]\nformat = "json"\n'
+        f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n'
+        '[plugins]\nenabled = ["recorder"]\n[plugins.recorder]\nupload_mixed = false\n'
+    )
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        bot = await BotProcess(cfg).start()
+        try:
+            room = (await alice.call("create_room", invite=[account.user_id]))["room_id"]
+            await wait_until(lambda: bot.logged("joined on invite"), TIMEOUT, "bot in room")
+            await asyncio.sleep(1.0)  # alice's client sees the bot's join before she types
+            focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+            await alice.call("rtc_join", room_id=room, foci=focus)
+            lk = await lkclient.connect(
+                sfu.url, alice.identity, livekit_room_alias(room, "m.call#ROOM"), keys={}
+            )
+            own = await alice.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
+            lk.set_key(alice.identity, base64.b64decode(own["key"]), own["index"])
+            tone = lkclient.Tone(440)
+            await tone.publish(lk)
+            await alice.call("send_text", room_id=room, body="!join")
+            await wait_until(
+                lambda: any(e["msg"].startswith("connected to the SFU") for e in bot.entries),
+                TIMEOUT,
+                "the bot's media",
+            )
+            await alice.call("send_text", room_id=room, body="!record start")
+            await wait_until(
+                lambda: any(e["msg"].startswith("recording to") for e in bot.entries),
+                TIMEOUT,
+                "recording",
+            )
+            await asyncio.sleep(3.0)
+            await bot.stop(signal.SIGKILL)
+            (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
+            meta = json.loads((folder / "meta.json").read_text())
+            assert meta["complete"] is False
+            alice_file = next(p for p in folder.glob("alice*.ogg"))
+            samples = decode(alice_file)  # playable after the kill
+            assert samples.size / 48_000 > 1.5
+            assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
+
+            again = await BotProcess(cfg).start()
+            try:
+                await wait_until(
+                    lambda: any(
+                        e["msg"].startswith("finalized the interrupted") for e in again.entries
+                    ),
+                    TIMEOUT,
+                    "the restart to finalize the recording",
+                )
+                meta = json.loads((folder / "meta.json").read_text())
+                assert meta["complete"] is True and meta["interrupted"] is True
+            finally:
+                assert await again.stop() == 0
+            await tone.stop()
+            await lk.close()
+        finally:
+            if bot.proc and bot.proc.returncode is None:
+                await bot.stop(signal.SIGKILL)
