@@ -173,3 +173,34 @@ async def test_interrupted_recordings_are_finalized_and_announced(tmp_path: Path
     ]
     await Recorder.on_bot_start(tmp_path, post)  # only once
     assert len(told) == 1
+
+
+async def test_video_is_recorded_when_asked(tmp_path: Path) -> None:
+    from bot.plugin import VideoFrame
+
+    assert Recorder().video is None  # no video subscription unless configured
+    recorder = Recorder(RecorderConfig(video=True, video_fps=10))
+    assert recorder.video is not None and recorder.video.format == "yuv420p"
+    call = FakeCall(files_dir=tmp_path)
+    h = PluginHarness(recorder, call)
+    await h.start()
+    alice = h.participant("@alice:x", "ALICE")
+    carol = h.participant("@carol:x", "CAROL")
+    call.opted_out_users.add(carol.user_id)
+    await recorder.start()
+    for i in range(20):
+        image = np.full((240 * 3 // 2, 320), 128, np.uint8)
+        image[:240, (i * 10) % 300 : (i * 10) % 300 + 20] = 250
+        for who in (alice, carol):
+            h.router.push_video(
+                recorder.video, VideoFrame(who, image.reshape(-1), "yuv420p", 320, 240, i * 0.1)
+            )
+        await h.settle()
+    await recorder.stop()
+    (folder,) = tmp_path.iterdir()
+    assert sorted(p.name for p in folder.glob("*.webm")) == ["alice_x-ALICE.webm"]
+    with av.open(str(folder / "alice_x-ALICE.webm")) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 20 and (frames[0].width, frames[0].height) == (320, 240)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["video_files"] == ["alice_x-ALICE.webm"]

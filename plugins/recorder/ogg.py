@@ -59,6 +59,8 @@ class OpusOggWriter:
             samples -= n
 
     def close(self) -> None:
+        if self.samples == 0:  # FFmpeg writes nothing, not even a header, for no audio
+            self.write_silence(self.sample_rate // 50)
         for packet in self._stream.encode(None):
             self._container.mux(packet)
         self._container.close()

@@ -30,10 +30,13 @@ from bot.plugin import (
     ParticipantChange,
     ParticipantEvent,
     Plugin,
+    VideoFrame,
+    VideoWants,
 )
 from plugins.recorder.mixer import MixBuffer
 from plugins.recorder.ogg import OpusOggWriter
 from plugins.recorder.timeline import TrackTimeline
+from plugins.recorder.webm import Vp8WebmWriter
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,10 @@ class RecorderConfig:
     max_upload_mb: float = 50.0
     #: Opus bitrate per file, bits per second.
     bitrate: int = 32_000
+    #: Also record each participant's camera as VP8/WebM (<user>-<device>.webm).
+    video: bool = False
+    #: Frames per second of the video files.
+    video_fps: float = 10.0
 
 
 @dataclass
@@ -76,6 +83,7 @@ class _Recording:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     latest: float = 0.0
     pending: list[AudioFrame] = field(default_factory=list)
+    videos: dict[str, Vp8WebmWriter] = field(default_factory=dict)
 
 
 class Recorder(Plugin):
@@ -87,6 +95,10 @@ class Recorder(Plugin):
 
     def __init__(self, config: RecorderConfig | None = None) -> None:
         self.config = config or RecorderConfig()
+        # Only subscribe to video when asked to record it.
+        self.video = (
+            VideoWants(fps=self.config.video_fps, format="yuv420p") if self.config.video else None
+        )
         self.call: CallContext | None = None
         self.recording: _Recording | None = None
         self._now = 0.0  # the call clock, from the frames
@@ -184,6 +196,8 @@ class Recorder(Plugin):
         rec.mix.close()
         for track in rec.tracks.values():
             track.writer.close()
+        for video in rec.videos.values():
+            video.close()
         self._write_meta(True, rec)
 
     # ------------------------------------------------------------------ media
@@ -222,6 +236,25 @@ class Recorder(Plugin):
         until = None if final else round((rec.latest - MIX_DELAY_S) * RATE)
         for block in rec.mix_buffer.take(until):
             rec.mix.write(block.reshape(-1, 1))
+
+    async def on_video(self, frame: VideoFrame) -> None:
+        rec = self.recording
+        if rec is None or self._call().opted_out(frame.participant.user_id):
+            return
+        await self._call().run_blocking(self._write_video, rec, frame)
+
+    def _write_video(self, rec: _Recording, frame: VideoFrame) -> None:
+        writer = rec.videos.get(frame.participant.identity)
+        if writer is None or (writer.width, writer.height) != (frame.width, frame.height):
+            if writer is not None:  # the camera changed size: a new file
+                writer.close()
+            suffix = "" if writer is None else f"-{writer.frames}"
+            name = _file_name(frame.participant).replace(".ogg", f"{suffix}.webm")
+            writer = Vp8WebmWriter(
+                rec.folder / name, frame.width, frame.height, self.config.video_fps
+            )
+            rec.videos[frame.participant.identity] = writer
+        writer.write(frame.image, max(0.0, frame.timestamp - rec.started_at))
 
     async def on_gap(self, gap: Gap) -> None:
         if self.recording is not None:
@@ -272,6 +305,7 @@ class Recorder(Plugin):
                 }
                 for t in rec.tracks.values()
             ],
+            "video_files": sorted(v.path.name for v in rec.videos.values()),
             "opted_out": sorted(
                 p.user_id for p in call.participants() if call.opted_out(p.user_id)
             ),
