@@ -18,11 +18,40 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.plugin import AudioFrame, Participant
+from bot.plugin import AudioFrame, Participant, VideoFrame
 from bot.testing import FakeCall, PluginHarness
-from plugins.recorder.plugin import RATE, Recorder
+from plugins.recorder.plugin import RATE, Recorder, RecorderConfig
 
 FRAME = 960
+
+
+async def measure_video(participants: int, seconds: float) -> None:
+    """640x360 camera pictures at 10 fps per participant into VP8/WebM."""
+    recorder = Recorder(RecorderConfig(video=True, video_fps=10))
+    assert recorder.video is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        call = FakeCall(files_dir=Path(tmp))
+        h = PluginHarness(recorder, call)
+        await h.start()
+        people = [Participant(f"@p{i}:x", f"D{i}", f"@p{i}:x:D{i}") for i in range(participants)]
+        await recorder.start()
+        rng = np.random.default_rng(1)
+        base = rng.integers(0, 255, size=(360 * 3 // 2, 640), dtype=np.uint8)
+        frames = round(seconds * 10)
+        cpu0 = time.process_time()
+        for n in range(frames):
+            picture = np.roll(base, 4 * n, axis=1).reshape(-1)  # a moving picture
+            for who in people:
+                h.router.push_video(
+                    recorder.video, VideoFrame(who, picture, "yuv420p", 640, 360, n / 10)
+                )
+            await h.settle()
+        await recorder.stop()
+        cpu = time.process_time() - cpu0
+    print(
+        f"video: {participants} participants x {seconds:.0f} s of 640x360 at 10 fps: "
+        f"{100 * cpu / (participants * seconds):.1f}% of one core per recorded camera"
+    )
 
 
 async def measure(participants: int, seconds: float) -> None:
@@ -61,6 +90,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
     asyncio.run(measure(args.participants, args.seconds))
+    asyncio.run(measure_video(min(args.participants, 4), min(args.seconds, 10.0)))
 
 
 if __name__ == "__main__":
