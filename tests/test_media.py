@@ -9,10 +9,12 @@ import asyncio
 import base64
 import contextlib
 import math
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from livekit import rtc
@@ -382,14 +384,17 @@ async def test_the_recorder_records_an_encrypted_call(
     from plugins.recorder.plugin import Recorder, RecorderConfig
     from tests.test_recorder import decode, level
 
-    recorder = Recorder(RecorderConfig(upload_mixed=False))
+    recorder = Recorder(RecorderConfig(upload_mixed=False, video=True))
     async with scene(synapse, sfu, tmp_path, (recorder,)) as s:
         tone = lkclient.Tone(440)
         await tone.publish(s.lk)
+        pattern = lkclient.Pattern(320, 240)
+        await pattern.publish(s.lk)
         await wait_until(lambda: heard(s.listener, s.alice.user_id, 440), TIMEOUT, "440 Hz")
         await recorder.start()
         await asyncio.sleep(2.0)
         await recorder.stop()
+        await pattern.stop()
         await tone.stop()
     (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
     files = sorted(p.name for p in folder.iterdir())
@@ -399,6 +404,11 @@ async def test_the_recorder_records_an_encrypted_call(
     loud = samples[samples.size // 4 :]
     assert level(loud, 440) > 10 * level(loud, 660)
     assert "mixed.ogg" in files and "meta.json" in files
+    # alice's camera, decrypted by the bot and recorded as VP8/WebM.
+    webm = next(folder.glob("*.webm"))
+    with av.open(str(webm)) as container:
+        pictures = list(container.decode(video=0))
+    assert len(pictures) >= 5 and (pictures[0].width, pictures[0].height) == (320, 240)
 
 
 def tone_onset(samples: np.ndarray, freq: float, rate: int = 48_000) -> float:
@@ -515,6 +525,9 @@ async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
             meta = json.loads((folder / "meta.json").read_text())
             assert meta["complete"] is False
             alice_file = next(p for p in folder.glob("alice*.ogg"))
+            # The real process writes with umask 077: only the bot's user can read anything.
+            assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in folder.iterdir())
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
             samples = decode(alice_file)  # playable after the kill
             assert samples.size / 48_000 > 1.5
             assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
