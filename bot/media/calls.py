@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 from bot.consent import OptOuts
 from bot.log import context
 from bot.matrix.client import MatrixClient
-from bot.media.engine import AudioOutput, CallMedia, VideoOutput
+from bot.media.engine import CallMedia
+from bot.media.outputs import AudioOutput, VideoOutput
 from bot.media.router import FrameRouter, PluginRunner
 from bot.plugin import Participant, Plugin
 from bot.rtc.focus import SfuAccess
