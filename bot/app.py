@@ -40,7 +40,7 @@ class CallBot:
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
         self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
         self.media = CallMediaManager(self.matrix, self.rtc, self.optouts)
-        self.call_commands = CallCommands(self.rtc, self.media.e2ee_state)
+        self.call_commands = CallCommands(self.rtc, self.media.e2ee_state, self.media.plugin_lines)
         self._plugin_classes: list[type[Plugin]] = []
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))

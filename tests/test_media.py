@@ -261,6 +261,8 @@ async def test_bot_hears_a_participant_and_is_heard(
         assert bot.media.e2ee_state(room, alice.identity) == "decrypting"
         status = "\n".join(bot.active_calls())
         assert f"{alice.user_id} ({alice.device_id}): key received, media: decrypting" in status
+        assert "  plugin broken: disabled after errors" in status
+        assert "  plugin listener: running" in status
 
         # Someone whose key the bot never got: nothing decrypts, and the room is told.
         notices: list[str] = []

@@ -107,6 +107,18 @@ class CallMediaManager:
         call = self._calls.get(room_id)
         return call[0] if call else None
 
+    def plugin_lines(self, room_id: str) -> list[str]:
+        """Each plugin of the room's call and how it copes, for !status."""
+        lines = []
+        for r in self.runners(room_id):
+            st = r.stats
+            state = "disabled after errors" if st.disabled else "running"
+            lines.append(
+                f"  plugin {r.name}: {state}, {st.delivered} delivered, "
+                f"{st.dropped} dropped, {st.errors} errors"
+            )
+        return lines
+
     def e2ee_state(self, room_id: str, identity: str) -> str | None:
         """How decrypting a participant's media goes (for !status)."""
         media = self.media(room_id)

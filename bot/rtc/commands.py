@@ -15,12 +15,20 @@ LEAVE_TIMEOUT_S = 5.0
 
 
 MediaState = Callable[[str, str], str | None]
+#: Extra lines about a room's call (e.g. its plugins), for !status.
+CallExtras = Callable[[str], list[str]]
 
 
 class CallCommands:
-    def __init__(self, rtc: MatrixRTCSessionManager, media_state: MediaState | None = None):
+    def __init__(
+        self,
+        rtc: MatrixRTCSessionManager,
+        media_state: MediaState | None = None,
+        extras: CallExtras | None = None,
+    ):
         self.rtc = rtc
         self.media_state = media_state
+        self.extras = extras
 
     @command(help="Join this room's call, or start one")
     async def join(self, ctx: CommandContext) -> None:
@@ -51,11 +59,12 @@ class CallCommands:
 
     def status_lines(self) -> list[str]:
         """One block per call the bot is in or sees, for ``!status``."""
-        return [
-            line
-            for s in self.rtc.active_sessions() + self._joined_only()
-            for line in describe(s, self.media_state)
-        ]
+        lines = []
+        for s in self.rtc.active_sessions() + self._joined_only():
+            lines += describe(s, self.media_state)
+            if self.extras is not None:
+                lines += self.extras(s.room_id)
+        return lines
 
     def _joined_only(self) -> list[MatrixRTCSession]:
         return [s for s in self.rtc.joined_sessions() if not s.memberships]
