@@ -145,6 +145,17 @@ class Scene:
             TIMEOUT,
         )
 
+    async def both_speak(self) -> tuple[lkclient.Tone, asyncio.Event, asyncio.Task[None]]:
+        """alice publishes 440 Hz and the bot 660 Hz; returns once the bot hears alice.
+        (alice's tone, the event that stops the bot's, the task feeding it)"""
+        tone = lkclient.Tone(440)
+        await tone.publish(self.lk)
+        output = await self.listener.call.publish_audio("bot-tone")
+        stop = asyncio.Event()
+        feeder = asyncio.create_task(sine(output, 660, stop))
+        await wait_until(lambda: heard(self.listener, self.alice.user_id, 440), TIMEOUT, "440")
+        return tone, stop, feeder
+
     def install(self, event: dict, identity: str) -> None:
         self.lk.set_key(identity, base64.b64decode(event["key"]), event["index"])
 
@@ -299,12 +310,7 @@ async def test_audio_keeps_flowing_across_key_rotations(
     """bob joins and leaves the call: alice and the bot both rotate to key index 1."""
     async with scene(synapse, sfu, tmp_path) as s, js_peer(synapse, tmp_path, "bob") as bob:
         alice, listener = s.alice, s.listener
-        tone = lkclient.Tone(440)
-        await tone.publish(s.lk)
-        output = await listener.call.publish_audio("bot-tone")
-        stop = asyncio.Event()
-        feeder = asyncio.create_task(sine(output, 660, stop))
-        await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz")
+        tone, stop, feeder = await s.both_speak()
 
         await alice.call("invite", room_id=s.room, user_id=bob.user_id)
         await bob.call("join_room", room_id=s.room)
@@ -343,12 +349,7 @@ async def test_the_bot_reconnects_after_the_sfu_drops_it(
     alice again, and its published track is back."""
     async with scene(synapse, sfu, tmp_path) as s:
         alice, listener = s.alice, s.listener
-        tone = lkclient.Tone(440)
-        await tone.publish(s.lk)
-        output = await listener.call.publish_audio("bot-tone")
-        stop = asyncio.Event()
-        feeder = asyncio.create_task(sine(output, 660, stop))
-        await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 Hz")
+        tone, stop, feeder = await s.both_speak()
         plugin_before = listener
 
         port = sfu.port
