@@ -176,12 +176,17 @@ class CallContext(Protocol):
     room_id: str
     #: A folder private to the bot's user for this room's files (<data_dir>/calls/<room>).
     files_dir: Path
+    #: This call's folder, ``<files_dir>/<UTC time the bot joined>``, where plugins put what
+    #: they make of the call (recordings, transcripts). Not created until a plugin needs it.
+    folder: Path
 
     def participants(self) -> list[Participant]: ...
 
     def opted_out(self, user_id: str) -> bool: ...
 
-    async def post(self, text: str, html: str | None = None) -> str: ...
+    async def post(self, text: str, html: str | None = None, thread: str | None = None) -> str:
+        """Send a notice to the room (in the thread rooted at ``thread``); its event ID."""
+        ...
 
     async def edit(self, event_id: str, text: str, html: str | None = None) -> str: ...
 

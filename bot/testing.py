@@ -75,9 +75,12 @@ class FakeCall:
     def __init__(self, room_id: str = "!test:example.org", files_dir: Path | None = None) -> None:
         self.room_id = room_id
         self.files_dir = files_dir or Path(tempfile.mkdtemp(prefix="callbot-test-"))
+        self.folder = self.files_dir / "20260101T000000Z"
         self.members: list[Participant] = []
         self.opted_out_users: set[str] = set()
         self.posts: list[str] = []
+        #: the thread root of each post (None: in the room)
+        self.threads: list[str | None] = []
         self.edits: list[tuple[str, str]] = []
         self.uploads: list[tuple[Path, str, str | None]] = []
         self.outputs: list[RecordedOutput] = []
@@ -89,8 +92,9 @@ class FakeCall:
     def opted_out(self, user_id: str) -> bool:
         return user_id in self.opted_out_users
 
-    async def post(self, text: str, html: str | None = None) -> str:
+    async def post(self, text: str, html: str | None = None, thread: str | None = None) -> str:
         self.posts.append(text)
+        self.threads.append(thread)
         return f"$post{len(self.posts)}"
 
     async def edit(self, event_id: str, text: str, html: str | None = None) -> str:

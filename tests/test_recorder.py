@@ -103,7 +103,7 @@ async def test_per_participant_and_mixed_files_line_up(tmp_path: Path) -> None:
 
 async def test_refuses_to_record_without_a_notice(tmp_path: Path) -> None:
     class Mute(FakeCall):
-        async def post(self, text: str, html: str | None = None) -> str:
+        async def post(self, text: str, html: str | None = None, thread: str | None = None) -> str:
             raise ConnectionError("homeserver down")
 
     h = PluginHarness(Recorder(), Mute(files_dir=tmp_path))
@@ -204,3 +204,18 @@ async def test_video_is_recorded_when_asked(tmp_path: Path) -> None:
     assert len(frames) == 20 and (frames[0].width, frames[0].height) == (320, 240)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["video_files"] == ["alice_x-ALICE.webm"]
+
+
+async def test_first_recording_goes_into_the_call_folder_and_a_second_beside_it(
+    tmp_path: Path,
+) -> None:
+    call = FakeCall(files_dir=tmp_path)
+    h = PluginHarness(Recorder(RecorderConfig(upload_mixed=False)), call)
+    await h.start()
+    for _ in range(2):
+        await h.plugin.start()
+        await h.plugin.stop()
+    folders = sorted(p for p in tmp_path.iterdir())
+    assert call.folder in folders
+    assert len(folders) == 2
+    assert all((f / "meta.json").exists() for f in folders)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ class Call:
         self._matrix = matrix
         self._optouts = optouts
         self.files_dir = files_dir
+        self.folder = files_dir / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self._session = session
         self._media = media
         self.room_id = session.room_id
@@ -55,10 +57,13 @@ class Call:
     def opted_out(self, user_id: str) -> bool:
         return self._optouts.opted_out(self.room_id, user_id)
 
-    async def post(self, text: str, html: str | None = None) -> str:
-        from bot.matrix.messages import notice
+    async def post(self, text: str, html: str | None = None, thread: str | None = None) -> str:
+        from bot.matrix.messages import in_reply, notice
 
-        return await self._matrix.send(self.room_id, notice(text, html))
+        content = notice(text, html)
+        if thread is not None:
+            content = in_reply(content, thread, thread, "thread")
+        return await self._matrix.send(self.room_id, content)
 
     async def edit(self, event_id: str, text: str, html: str | None = None) -> str:
         from bot.matrix.messages import edit, notice

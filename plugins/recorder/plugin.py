@@ -158,7 +158,11 @@ class Recorder(Plugin):
                 f"I could not post the recording notice, so I am not recording: {e}"
             ) from None
         started_utc = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        folder = call.files_dir / started_utc
+        # The call's folder (beside its transcript), unless an earlier recording of this
+        # call is already there.
+        folder = call.folder
+        if (folder / "meta.json").exists():
+            folder = call.files_dir / started_utc
         await call.run_blocking(lambda: folder.mkdir(mode=0o700, parents=True, exist_ok=True))
         mix = await call.run_blocking(
             OpusOggWriter, folder / "mixed.ogg", RATE, 1, self.config.bitrate
