@@ -319,7 +319,13 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str], base_dir: Pat
             ok = False
             continue
         values[name] = value
-    return cls(**values) if ok else None
+    if not ok:
+        return None
+    try:  # checks that span fields (a plugin config's __post_init__)
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        problems.append(f"{prefix.rstrip('.') or '(top level)'}: {e}")
+        return None
 
 
 def _convert(tp: Any, value: Any, key: str, problems: list[str], base_dir: Path) -> Any:

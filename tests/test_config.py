@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bot.config import load_config, parse_config
+from bot.config import load_config, parse_config, validate_section
 from bot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,3 +181,18 @@ def test_all_problems_reported_at_once() -> None:
     raw = {"matrix": {"homeserver": 5, "user_id": "@b:x", "password": "p", "extra": 1}, "bot": {}}
     problems = _problems(raw)
     assert len(problems) == 3, problems
+
+
+def test_a_plugin_configs_own_checks_are_reported_with_its_section(tmp_path: Path) -> None:
+    @dataclass(frozen=True)
+    class Tone:
+        low: int = 100
+        high: int = 200
+
+        def __post_init__(self) -> None:
+            if self.low >= self.high:
+                raise ValueError("low must be below high")
+
+    with pytest.raises(ConfigError) as e:
+        validate_section(Tone, {"low": 300}, "plugins.tone.", tmp_path)
+    assert e.value.problems == ["plugins.tone: low must be below high"]
