@@ -170,6 +170,23 @@ class PluginHarness:
             self.clock += wants.frame_ms / 1000
             await self.settle()
 
+    async def feed_pcm(self, who: Participant, pcm: np.ndarray) -> None:
+        """Recorded audio from ``who``: int16 samples (mono, or shape (samples, channels)) at
+        the rate the plugin declared, cut into its frames (the last one padded)."""
+        wants = self.plugin.audio or AudioWants()
+        n = wants.samples_per_frame
+        pcm = np.asarray(pcm, dtype=np.int16).reshape(pcm.shape[0], -1)
+        pcm = (
+            np.repeat(pcm[:, :1], wants.channels, axis=1) if pcm.shape[1] != wants.channels else pcm
+        )
+        for i in range(0, pcm.shape[0], n):
+            frame = pcm[i : i + n]
+            if frame.shape[0] < n:
+                frame = np.pad(frame, ((0, n - frame.shape[0]), (0, 0)))
+            self.router.push_audio(wants, AudioFrame(who, frame, wants.sample_rate, self.clock))
+            self.clock += wants.frame_ms / 1000
+            await self.settle()
+
     async def settle(self) -> None:
         """Wait until the plugin has taken everything queued so far."""
         assert self.runner is not None

@@ -1,0 +1,306 @@
+"""``!transcribe start`` / ``!transcribe stop``: live captions per speaker, and transcript files.
+
+Each participant's audio is cut into utterances by voice activity (``vad.Segmenter``); each
+utterance is transcribed on the shared speech engine's workers and shown as one caption line
+with the speaker's name, from their Matrix identity. When transcription stops (or the call
+ends) ``transcript.{json,vtt,srt,txt}`` are written to the call's folder and posted to the room.
+Nobody who opted out (``!optout``) is transcribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from bot.commands.registry import Arg, CommandContext, command
+from bot.errors import CommandError
+from bot.plugin import (
+    AudioFrame,
+    AudioWants,
+    CallContext,
+    Participant,
+    ParticipantChange,
+    ParticipantEvent,
+    Plugin,
+)
+from plugins.transcriber.captions import Captions
+from plugins.transcriber.engine import (
+    BUNDLED,
+    EngineBusy,
+    EngineSettings,
+    Recognized,
+    SpeechEngine,
+    TranscriptionError,
+    shared_engine,
+)
+from plugins.transcriber.transcript import FORMATS, Line, Transcript
+from plugins.transcriber.vad import Segmenter, Utterance, VadSettings
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000
+#: Audio handed to the VAD together (one thread hop per 160 ms per speaker).
+BATCH_S = 0.16
+MIMETYPES = {
+    "txt": "text/plain",
+    "vtt": "text/vtt",
+    "srt": "application/x-subrip",
+    "json": "application/json",
+}
+
+
+@dataclass(frozen=True)
+class TranscriberConfig:
+    #: Rooms where transcription starts as soon as the bot is in the call.
+    auto_rooms: tuple[str, ...] = ()
+    #: Live captions: "thread" (one message per utterance in a thread), "edit" (one message
+    #: that is edited to show the latest lines) or "off" (transcript files only).
+    captions: Literal["thread", "edit", "off"] = "thread"
+    #: Lines the "edit" message shows.
+    caption_lines: int = 8
+    #: Transcript files posted to the room at the end (all are written to the call folder).
+    upload: tuple[str, ...] = ("txt", "vtt", "srt", "json")
+    #: "bundled:tiny.en" (ships with the bot, offline), a model folder, or a faster-whisper
+    #: model name such as "small.en" (downloaded on first use: the only time it goes online).
+    model: str = BUNDLED
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = 1
+    workers: int = 1
+    #: Spoken language ("en", "de", ...), or "auto" to detect it per utterance (not with .en
+    #: models).
+    language: str = "en"
+    beam_size: int = 1
+    word_timestamps: bool = True
+    #: Utterances waiting for the engine at most; later ones are counted as missed.
+    max_queue: int = 64
+    #: An utterance ends after this much silence; longer ones are cut at a pause.
+    min_silence_ms: int = 400
+    max_utterance_s: float = 15.0
+    vad_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.upload) - set(FORMATS))
+        if bad:
+            raise ValueError(f"upload: unknown format {bad[0]!r} (use {', '.join(FORMATS)})")
+        if self.caption_lines < 1:
+            raise ValueError("caption_lines must be at least 1")
+        self.engine_settings()
+        self.vad_settings()
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(
+            model=self.model,
+            device=self.device,
+            compute_type=self.compute_type,
+            cpu_threads=self.cpu_threads,
+            workers=self.workers,
+            language=None if self.language == "auto" else self.language,
+            beam_size=self.beam_size,
+            word_timestamps=self.word_timestamps,
+            max_queue=self.max_queue,
+        )
+
+    def vad_settings(self) -> VadSettings:
+        return VadSettings(
+            threshold=self.vad_threshold,
+            min_silence_ms=self.min_silence_ms,
+            max_utterance_s=self.max_utterance_s,
+        )
+
+
+@dataclass
+class _Speaker:
+    participant: Participant
+    segmenter: Segmenter
+    pending: list[np.ndarray] = field(default_factory=list)
+    pending_start: float = 0.0
+    next_t: float = 0.0
+
+
+class Transcriber(Plugin):
+    name = "transcriber"
+    audio = AudioWants(sample_rate=RATE, channels=1, frame_ms=20)
+    queue_size = 1500  # 30 s of one speaker: the VAD hops to a thread and may wait for it
+    Config = TranscriberConfig
+
+    def __init__(self, config: TranscriberConfig | None = None) -> None:
+        self.config = config or TranscriberConfig()
+        self.engine: SpeechEngine = shared_engine(self.config.engine_settings())
+        self.call: CallContext | None = None
+        self.transcript: Transcript | None = None
+        self.captions: Captions | None = None
+        self._speakers: dict[str, _Speaker] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        #: seconds from the end of each utterance to its caption being posted
+        self.latencies: deque[float] = deque(maxlen=1000)
+
+    async def on_call_start(self, call: CallContext) -> None:
+        self.call = call
+        if call.room_id in self.config.auto_rooms:
+            await self.start()
+
+    async def on_call_end(self) -> None:
+        if self.transcript is not None:
+            await self.stop()
+
+    @command(
+        help="Live captions and a transcript: !transcribe start, or !transcribe stop",
+        args=[Arg("action")],
+    )
+    async def transcribe(self, ctx: CommandContext, action: str) -> None:
+        if action == "start":
+            if self.transcript is not None:
+                raise CommandError("This call is already being transcribed.")
+            await self.start()
+        elif action == "stop":
+            if self.transcript is None:
+                raise CommandError("This call is not being transcribed.")
+            await self.stop()
+        else:
+            raise CommandError(f"Usage: {ctx.prefix}transcribe start|stop")
+
+    # ------------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        call = self._call()
+        try:
+            await self.engine.start()
+        except TranscriptionError as e:
+            raise CommandError(f"I cannot transcribe: {e}") from None
+        captions = Captions(call, self.config.captions, self.config.caption_lines)
+        try:
+            await captions.open(
+                "📝 This call is being transcribed"
+                + (" (live captions in this thread)" if self.config.captions == "thread" else "")
+                + ". Type !optout to keep your voice out of the transcript."
+            )
+        except Exception as e:  # no notice, no transcript
+            raise CommandError(
+                f"I could not post the transcription notice, so I am not transcribing: {e}"
+            ) from None
+        self.captions = captions
+        self.transcript = Transcript(call.folder.name, room_id=call.room_id)
+        log.info("transcribing (model %s)", self.config.model)
+
+    async def stop(self) -> None:
+        call, transcript = self._call(), self.transcript
+        if transcript is None:
+            return
+        for speaker in list(self._speakers.values()):
+            await self._end_speaker(speaker)
+        self._speakers.clear()
+        if self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
+        self.transcript = None
+        paths = await call.run_blocking(transcript.write, call.folder)
+        missed = sum(transcript.missed.values())
+        summary = (
+            f"📝 Transcription stopped: {len(transcript.lines)} lines from "
+            f"{len({line.user_id for line in transcript.lines})} speakers"
+            + (f", {missed} utterances missed (the speech engine was overloaded)" if missed else "")
+            + f". Files: {', '.join(p.name for p in paths)}."
+        )
+        await call.post(summary)
+        if not transcript.lines:
+            return
+        for fmt in self.config.upload:
+            path = call.folder / f"transcript.{fmt}"
+            await call.upload(path, MIMETYPES[fmt], f"Transcript {transcript.origin_utc}.{fmt}")
+
+    # ------------------------------------------------------------------ media
+
+    async def on_audio(self, frame: AudioFrame) -> None:
+        if self.transcript is None or self._call().opted_out(frame.participant.user_id):
+            return
+        speaker = self._speakers.get(frame.participant.identity)
+        if speaker is None:
+            speaker = _Speaker(frame.participant, Segmenter(self.config.vad_settings()))
+            self._speakers[frame.participant.identity] = speaker
+        if speaker.pending and abs(frame.timestamp - speaker.next_t) > 0.05:
+            await self._feed(speaker)  # keep each batch continuous
+        if not speaker.pending:
+            speaker.pending_start = frame.timestamp
+        speaker.pending.append(frame.pcm[:, 0])
+        speaker.next_t = frame.timestamp + frame.duration
+        if speaker.next_t - speaker.pending_start >= BATCH_S:
+            await self._feed(speaker)
+
+    async def on_participant(self, event: ParticipantEvent) -> None:
+        if event.change in (ParticipantChange.LEFT, ParticipantChange.MUTED):
+            speaker = self._speakers.pop(event.participant.identity, None)
+            if speaker is not None and self.transcript is not None:
+                await self._end_speaker(speaker)
+
+    async def _feed(self, speaker: _Speaker) -> None:
+        pcm, speaker.pending = np.concatenate(speaker.pending), []
+        done = await self._call().run_blocking(speaker.segmenter.feed, pcm, speaker.pending_start)
+        for utterance in done:
+            self._submit(speaker.participant, utterance)
+
+    async def _end_speaker(self, speaker: _Speaker) -> None:
+        if speaker.pending:
+            await self._feed(speaker)
+        for utterance in await self._call().run_blocking(speaker.segmenter.flush):
+            self._submit(speaker.participant, utterance)
+
+    def _submit(self, who: Participant, utterance: Utterance) -> None:
+        job = asyncio.create_task(self._transcribe(who, utterance))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _transcribe(self, who: Participant, utterance: Utterance) -> None:
+        transcript = self.transcript
+        try:
+            recognized = await self.engine.transcribe(utterance.audio)
+        except EngineBusy:
+            if transcript is not None:
+                transcript.missed = dict(Counter(transcript.missed) + Counter([who.user_id]))
+            log.warning(
+                "speech engine overloaded: an utterance of %s was not transcribed", who.user_id
+            )
+            return
+        except Exception:
+            log.exception("could not transcribe an utterance of %s", who.user_id)
+            return
+        # They may have opted out while we listened.
+        if not recognized or transcript is None or self._call().opted_out(who.user_id):
+            return
+        line = _line(who, utterance, recognized)
+        transcript.add(line)
+        if self.captions is not None:
+            try:
+                await self.captions.add(line)
+            except Exception:
+                log.exception("could not post a caption")
+                return
+        self.latencies.append(time.monotonic() - utterance.spoken_end)
+
+    def _call(self) -> CallContext:
+        if self.call is None:
+            raise CommandError("I am not in this room's call.")
+        return self.call
+
+
+def _line(who: Participant, utterance: Utterance, parts: list[Recognized]) -> Line:
+    """One caption line for one utterance, in the call's time."""
+    t0 = utterance.start
+    words = tuple(
+        type(w)(round(w.start + t0, 3), round(w.end + t0, 3), w.text, w.probability)
+        for part in parts
+        for w in part.words
+    )
+    return Line(
+        who.user_id,
+        who.display_name,
+        round(t0 + parts[0].start, 3),
+        round(min(utterance.end, t0 + parts[-1].end), 3),
+        " ".join(p.text for p in parts),
+        words,
+    )
