@@ -19,8 +19,13 @@ from bot.matrix.messages import IncomingMessage, notice
 from bot.media.calls import CallMediaManager
 from bot.plugin import Plugin
 from bot.plugin_loader import LoadedPlugin, load_plugins
+from bot.rtc.autoleave import AutoLeave, AutoLeavePolicy
 from bot.rtc.commands import CallCommands
 from bot.rtc.manager import MatrixRTCSessionManager
+from bot.schedule.commands import ScheduleCommands
+from bot.schedule.runner import ScheduledCalls
+from bot.schedule.scheduler import JobScheduler, default_store_url
+from bot.schedule.timezones import RoomTimezones
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,15 @@ class CallBot:
         self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
         self.media = CallMediaManager(self.matrix, self.rtc, self.optouts)
         self.call_commands = CallCommands(self.rtc, self.media.e2ee_state, self.media.plugin_lines)
+        self.auto_leave = (
+            AutoLeave(
+                self.rtc,
+                AutoLeavePolicy(config.rtc.auto_leave_grace, config.rtc.wait_for_participants),
+                self._post,
+            )
+            if config.rtc.auto_leave
+            else None
+        )
         self._plugin_classes: list[type[Plugin]] = []
         self.registry = CommandRegistry()
         self.registry.register(CoreCommands(self.registry, active_calls=self.active_calls))
@@ -48,9 +62,13 @@ class CallBot:
         self.registry.register(ConsentCommands(self.optouts))
         for plugin in load_plugins(config.plugins, extra_plugins):
             self.add_plugin(plugin)
+        self.allowed = UserPatterns(config.allowed_user_globs)
+        self.jobs: JobScheduler | None = None
+        self.scheduled: ScheduledCalls | None = None
+        if config.schedule.enabled:
+            self._add_scheduling(config)
         config.check_command_names(self.registry.names())
         self.registry.apply_overrides(config.commands)
-        self.allowed = UserPatterns(config.allowed_user_globs)
         self.dispatcher = Dispatcher(
             self.registry,
             prefix=config.bot.command_prefix,
@@ -72,6 +90,33 @@ class CallBot:
             f"I am not in this room's call; type {self.config.bot.command_prefix}join first.",
         )
 
+    def _add_scheduling(self, config: Config) -> None:
+        sc = config.schedule
+        self.jobs = JobScheduler(
+            sc.job_store or default_store_url(config.bot.data_dir),
+            owner=config.matrix.user_id,
+            timezone=sc.timezone,
+            misfire_grace_s=sc.misfire_grace,
+        )
+        timezones = RoomTimezones(
+            config.bot.data_dir / "room_timezones.json", sc.timezone, sc.room_timezones
+        )
+        self.registry.register(
+            ScheduleCommands(
+                self.jobs, timezones, self.registry, self.allowed, self.matrix.power_level
+            )
+        )
+        self.scheduled = ScheduledCalls(
+            rtc=self.rtc,
+            registry=self.registry,
+            allowed=self.allowed,
+            prefix=config.bot.command_prefix,
+            power_level_of=self.matrix.power_level,
+            post=lambda room, text, html: self.matrix.send(room, notice(text, html)),
+            joined_rooms=self.matrix.joined_rooms,
+            media_ready=self.media.wait_ready,
+        )
+
     def active_calls(self) -> list[str]:
         """Lines describing the calls the bot is in or sees, for !status."""
         return self.call_commands.status_lines()
@@ -83,12 +128,21 @@ class CallBot:
                 await cls.on_bot_start(self.config.bot.data_dir, self._post)
             except Exception:
                 log.exception("plugin %s failed at start-up", cls.name)
+        if self.jobs is not None and self.scheduled is not None:
+            # after the first sync, so jobs (and misfires) find their rooms
+            self.jobs.start(self.scheduled, self.scheduled.missed)
         log.info(
             "ready: %d rooms, %d commands", len(self.matrix.joined_rooms()), len(self.registry)
         )
 
     async def stop(self) -> None:
         await self.dispatcher.drain()
+        if self.jobs is not None and self.jobs.running:
+            self.jobs.shutdown()
+        if self.scheduled is not None:
+            await self.scheduled.stop()
+        if self.auto_leave is not None:
+            await self.auto_leave.stop()
         await self.media.stop()
         if self.matrix.started:
             await self.rtc.stop()

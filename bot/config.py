@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
 
@@ -98,6 +99,10 @@ def _non_negative_int(v: int) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
 def _optional_url(v: str | None) -> str | None:
     return None if v is None else _http_url(v)
 
@@ -129,10 +134,54 @@ class RtcConfig:
     use_key_delay_ms: int = _check(_non_negative_int, default=1_000)
     #: Joiners within this age of our key get the current key instead of a new one.
     key_rotation_grace_ms: int = _check(_non_negative_int, default=10_000)
+    #: Leave a call once no other user is in it (bot.rtc.autoleave) ...
+    auto_leave: bool = True
+    #: ... this many seconds after the last one left (a reconnecting participant comes back)
+    auto_leave_grace: float = _check(_non_negative, default=30.0)
+    #: ... or this many seconds after joining, if nobody else has been in the call since.
+    wait_for_participants: float = _check(_non_negative, default=600.0)
 
     @property
     def mints_tokens(self) -> bool:
         return bool(self.livekit_url and self.livekit_api_key and self.livekit_api_secret)
+
+
+def _timezone(v: str) -> str | None:
+    from bot.schedule.timezones import find_zone
+
+    if find_zone(v) is None:
+        return f"unknown time zone {v!r} (use an IANA name like 'Europe/Berlin')"
+    return None
+
+
+def _timezones(v: dict[str, str]) -> str | None:
+    for room, tz in v.items():
+        if not room.startswith("!"):
+            return f"keys must be room IDs like '!abc:example.org', got {room!r}"
+        if why := _timezone(tz):
+            return f"{room}: {why}"
+    return None
+
+
+def _db_url(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[a-z][a-z0-9+]*://\S*", v):
+        return "must be an SQLAlchemy database URL like 'postgresql://user@host/db'"
+    return None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """``[schedule]``: scheduled calls (bot.schedule, docs/scheduling.md)."""
+
+    enabled: bool = True
+    #: Times in !schedule are read in this zone, unless the room has its own.
+    timezone: str = _check(_timezone, default="UTC")
+    #: Per-room zones: "!room:example.org" = "Europe/Berlin" (!timezone in a room wins).
+    room_timezones: dict[str, str] = field(default_factory=dict, metadata={"check": _timezones})
+    #: Where jobs are kept: an SQLAlchemy URL; default sqlite:///<data_dir>/schedule.sqlite.
+    job_store: str | None = field(default=None, repr=False, metadata={"check": _db_url})
+    #: A run missed while the bot was down is still made up to this many seconds late.
+    misfire_grace: float = _check(_positive, default=300.0)
 
 
 @dataclass(frozen=True)
@@ -164,6 +213,7 @@ class Config:
     rtc: RtcConfig = field(default_factory=RtcConfig)
     commands: dict[str, CommandConfig] = field(default_factory=dict)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     @property
     def allowed_user_globs(self) -> tuple[str, ...]:
@@ -173,7 +223,9 @@ class Config:
     def secrets(self) -> list[str]:
         """Values that must never reach a log line."""
         values = (self.matrix.password, self.matrix.access_token, self.rtc.livekit_api_secret)
-        return [s for s in values if s]
+        store = self.schedule.job_store
+        db_password = urlsplit(store).password if store else None
+        return [s for s in (*values, db_password) if s]
 
     def check_command_names(self, known: set[str]) -> None:
         """Fail on ``[commands.<name>]`` sections for commands that do not exist."""
@@ -338,6 +390,11 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], base_dir: Path)
         return _convert_env(tp, value, key, problems, base_dir)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".", problems, base_dir)
+    if origin is dict and args[1] is str:  # a plain table of strings
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            problems.append(f"{key}: must be a table of strings, got {_tname(value)}")
+            return None
+        return dict(value)
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{key}: must be a table, got {_tname(value)}")

@@ -93,6 +93,8 @@ class CallMediaManager:
         self.optouts = optouts
         self.plugins: list[tuple[PluginFactory, frozenset[str] | None]] = []
         self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
+        #: set once a joined call's plugins have started (or there are none to start)
+        self._ready: dict[str, asyncio.Event] = {}
         rtc.session_created.connect(self._watch)
 
     def add_plugin(self, factory: PluginFactory, rooms: frozenset[str] | None = None) -> None:
@@ -129,6 +131,16 @@ class CallMediaManager:
         media = self.media(room_id)
         return media.e2ee_state(identity) if media else None
 
+    async def wait_ready(self, room_id: str, timeout_s: float) -> bool:
+        """Wait until the plugins of the room's call have started (after joining), so their
+        commands can run; False if that took longer than ``timeout_s``."""
+        event = self._ready.setdefault(room_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
     def runners(self, room_id: str) -> list[PluginRunner]:
         call = self._calls.get(room_id)
         return call[1].runners if call else []
@@ -143,6 +155,12 @@ class CallMediaManager:
         session.join_state_changed.connect(on_join_state)
 
     async def _start(self, session: MatrixRTCSession) -> None:
+        try:
+            await self._start_plugins(session)
+        finally:
+            self._ready.setdefault(session.room_id, asyncio.Event()).set()
+
+    async def _start_plugins(self, session: MatrixRTCSession) -> None:
         factories = [f for f, rooms in self.plugins if rooms is None or session.room_id in rooms]
         if not factories:
             return  # nobody wants media here: stay on the Matrix side only
@@ -185,6 +203,7 @@ class CallMediaManager:
                 log.exception("plugin %s failed to start", plugin.name, extra=ctx)
 
     async def _stop(self, room_id: str) -> None:
+        self._ready.pop(room_id, None)
         entry = self._calls.pop(room_id, None)
         if entry is None:
             return
