@@ -1,0 +1,1 @@
+"""The music player plugin: a queue of files and streams played into the call, encrypted."""
