@@ -95,7 +95,7 @@ class JobScheduler:
             jobstores={"default": self._store},
             job_defaults={
                 "coalesce": True,
-                "misfire_grace_time": max(1, round(misfire_grace_s)),
+                "misfire_grace_time": self._grace(),
                 "max_instances": 1,
             },
             timezone=timezone,
@@ -104,6 +104,9 @@ class JobScheduler:
         #: the time its "missed" event arrives
         self._known: dict[str, JobInfo] = {}
         self._on_missed: MissedFn | None = None
+
+    def _grace(self) -> int:
+        return max(1, round(self.misfire_grace_s))
 
     @property
     def running(self) -> bool:
@@ -116,6 +119,10 @@ class JobScheduler:
         self._on_missed = on_missed
         self._scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
         self._scheduler.start(paused=True)  # learn the jobs before any misfire is reported
+        grace = self._grace()
+        for job in self._scheduler.get_jobs():
+            if job.misfire_grace_time != grace:  # each job stores its own: apply the config
+                job.modify(misfire_grace_time=grace)
         for info in self.jobs():
             self._known[info.id] = info
         self._scheduler.resume()

@@ -304,6 +304,11 @@ def _future(at: datetime, now: datetime) -> Once:
 
 
 def _clock(words: list[str], after: str) -> tuple[int, int]:
+    if len(words) > 1 and _CLOCK.fullmatch(words[0]):
+        raise ScheduleError(
+            f"I do not understand {_shown(words[1])}: after the time come "
+            "for <duration>, record, transcribe, play <source>."
+        )
     m = _CLOCK.fullmatch(words[0]) if len(words) == 1 else None
     if m is None:
         what = f"after {after} " if after else ""
