@@ -132,6 +132,9 @@ class DspSettings:
     fade_s: float = 0.2
 
 
+_RELEASE = db(3.0 * FRAME_S)
+
+
 class Chain:
     """All gain stages of the player, one frame at a time."""
 
@@ -176,16 +179,13 @@ class Chain:
         """float32 samples in, int16 samples (FRAME x 1) out."""
         gain = self.normalizer.update(frame) if self.settings.normalize else 1.0
         gain *= self.volume * self.duck.step() * self.fade.step()
+        # The limiter: keeps the peak under full scale at once, lets go slowly (3 dB/s) so
+        # that it does not pump; it is part of the ramped gain, so it does not click.
+        peak = float(np.max(np.abs(frame))) * gain
+        self._limit = min(self._limit * _RELEASE, 1.0, 0.98 / peak if peak > 0 else 1.0)
+        gain *= self._limit
         ramp = self._last + (gain - self._last) * self._ramp
         self._last = gain
         out = frame * ramp
-        # The limiter: instant attack to keep peaks under full scale, 3 dB/s... 1 dB per frame
-        # release; np.clip catches what a ramp within the frame lets through.
-        peak = float(np.max(np.abs(out))) if out.size else 0.0
-        if peak * self._limit > 0.98:
-            self._limit = 0.98 / peak
-        else:
-            self._limit = min(1.0, self._limit * db(1.0))
-        if self._limit < 1.0:
-            out *= self._limit
+        # np.clip: what a rising ramp within one frame could still let through.
         return (np.clip(out, -1.0, 1.0) * 32767).astype(np.int16).reshape(-1, 1)
