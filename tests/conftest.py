@@ -10,6 +10,7 @@ import pytest
 
 from bot.app import CallBot
 from bot.config import Config, parse_config
+from bot.devsfu.server import DevSfu
 from tests.peer import Peer
 from tests.synapse import Account, Synapse
 
@@ -70,3 +71,12 @@ async def peer(synapse: Synapse, tmp_path: Path, prefix: str) -> AsyncIterator[P
         yield p
     finally:
         await p.stop()
+
+
+@pytest.fixture
+async def sfu(synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIterator[DevSfu]:
+    """The dev SFU with its JWT service, checking OpenID tokens against ``synapse``."""
+    server = DevSfu(homeserver=synapse.url)
+    await server.start(netns_addrs[0])
+    yield server
+    await server.stop()

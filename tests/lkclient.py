@@ -128,11 +128,10 @@ async def connect(
     return client
 
 
-class Tone:
-    """A sine tone published as a microphone track, fed in real time."""
+class _Microphone:
+    """A microphone track fed in real time by ``_frames``."""
 
-    def __init__(self, freq: float, amplitude: float = 0.3) -> None:
-        self.freq, self.amplitude = freq, amplitude
+    def __init__(self) -> None:
         self.source = rtc.AudioSource(RATE, 1, queue_size_ms=4 * FRAME_MS)
         self._task: asyncio.Task[None] | None = None
 
@@ -144,13 +143,12 @@ class Tone:
         return pub
 
     async def _feed(self) -> None:
-        step = 2 * math.pi * self.freq / RATE
-        phase = 0.0
-        n = np.arange(FRAME)
         while True:
-            pcm = (self.amplitude * 32767 * np.sin(phase + step * n)).astype(np.int16)
-            phase = (phase + step * FRAME) % (2 * math.pi)
+            pcm = self._frame()
             await self.source.capture_frame(rtc.AudioFrame(pcm.tobytes(), RATE, 1, FRAME))
+
+    def _frame(self) -> np.ndarray:
+        raise NotImplementedError
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -158,6 +156,53 @@ class Tone:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.source.aclose()
+
+
+class Tone(_Microphone):
+    """A sine tone published as a microphone track, fed in real time."""
+
+    def __init__(self, freq: float, amplitude: float = 0.3) -> None:
+        super().__init__()
+        self.freq, self.amplitude = freq, amplitude
+        self._phase = 0.0
+
+    def _frame(self) -> np.ndarray:
+        step = 2 * math.pi * self.freq / RATE
+        pcm = (self.amplitude * 32767 * np.sin(self._phase + step * np.arange(FRAME))).astype(
+            np.int16
+        )
+        self._phase = (self._phase + step * FRAME) % (2 * math.pi)
+        return pcm
+
+
+class Speech(_Microphone):
+    """Recorded audio published as a microphone track: silence, except while ``say`` plays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: list[tuple[np.ndarray, asyncio.Event]] = []
+        self._at = 0
+        #: monotonic time each ``say`` finished playing
+        self.ended: list[float] = []
+
+    def say(self, pcm: np.ndarray) -> asyncio.Event:
+        """Queue int16 mono 48 kHz samples; the event is set once they have been played."""
+        done = asyncio.Event()
+        self._queue.append((np.asarray(pcm, dtype=np.int16).reshape(-1), done))
+        return done
+
+    def _frame(self) -> np.ndarray:
+        if not self._queue:
+            return np.zeros(FRAME, dtype=np.int16)
+        pcm, done = self._queue[0]
+        frame = pcm[self._at : self._at + FRAME]
+        self._at += FRAME
+        if self._at >= pcm.size:
+            self._queue.pop(0)
+            self._at = 0
+            self.ended.append(time.monotonic())
+            done.set()
+        return np.pad(frame, (0, FRAME - frame.size))
 
 
 def dominant_frequency(samples: np.ndarray, rate: int = RATE) -> float:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 from livekit import rtc
 
 from bot.app import CallBot
@@ -101,14 +100,6 @@ def heard(plugin: Listener, user_id: str, freq: float) -> bool:
     if samples.size == 0 or lkclient.rms(samples) < 300:
         return False
     return abs(lkclient.dominant_frequency(samples, 16_000) - freq) < 15
-
-
-@pytest.fixture
-async def sfu(synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIterator[DevSfu]:
-    server = DevSfu(homeserver=synapse.url)
-    await server.start(netns_addrs[0])
-    yield server
-    await server.stop()
 
 
 async def sine(output, freq: float, stop: asyncio.Event) -> None:

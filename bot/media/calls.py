@@ -185,7 +185,11 @@ class CallMediaManager:
 
             return await self.matrix.send(session.room_id, notice(text))
 
-        media = CallMedia(session, router, access, notify)
+        def display_name(user_id: str) -> str | None:
+            room = self.matrix.nio.rooms.get(session.room_id)
+            return room.user_name(user_id) if room is not None else None
+
+        media = CallMedia(session, router, access, notify, display_name=display_name)
         self._calls[session.room_id] = (media, router)
         plugins = [factory() for factory in factories]
         for plugin in plugins:

@@ -70,8 +70,10 @@ class CallMedia:
         get_access: Callable[[], Awaitable[SfuAccess]],
         notify: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        display_name: Callable[[str], str | None] = lambda user_id: None,
     ) -> None:
         self.session = session
+        self._display_name = display_name
         self._notify = notify
         #: per LiveKit identity: the last end-to-end encryption state the SDK reported
         self.e2ee_states: dict[str, rtc.EncryptionState] = {}
@@ -183,10 +185,12 @@ class CallMedia:
     # ------------------------------------------------------------------ identities and keys
 
     def participant(self, identity: str, name: str | None = None) -> Participant:
-        """The Matrix side of a LiveKit participant (falls back to the identity itself)."""
+        """The Matrix side of a LiveKit participant (falls back to the identity itself).
+        Their name is their display name in the room, else the one LiveKit has."""
         for m in self.session.memberships:
             if m.rtc_backend_identity == identity:
-                return Participant(m.user_id, m.device_id, identity, name or None)
+                shown = self._display_name(m.user_id) or name or None
+                return Participant(m.user_id, m.device_id, identity, shown)
         user, _, device = identity.rpartition(":")
         return Participant(user or identity, device, identity, name or None)
 

@@ -56,7 +56,8 @@ process.on("unhandledRejection", (err) => {
 // Imported after the console swap so nothing the SDK does at load time reaches stdout.
 const sdk = await import("matrix-js-sdk");
 const rtc = await import("matrix-js-sdk/lib/matrixrtc/index.js");
-const { ClientEvent, EventTimeline, EventType, KnownMembership, Preset, SyncState, createClient } = sdk;
+const { ClientEvent, EventTimeline, EventType, KnownMembership, Preset, RoomEvent, SyncState, createClient } =
+    sdk;
 const { MatrixRTCSessionEvent, MatrixRTCSessionManagerEvents } = rtc;
 
 // Element Call's defaults (EC src/config/ConfigOptions.ts, LocalMember.ts enterRTCSession)
@@ -136,6 +137,24 @@ await waitFor(() => client.isInitialSyncComplete(), "initial sync");
 
 const myUserId = client.getUserId();
 const myDeviceId = client.getDeviceId();
+
+// Every message that arrives live, decrypted: {event: "message", room_id, sender, body,
+// event_id, relates_to} (threads are not enabled, so thread messages arrive here too).
+client.on(RoomEvent.Timeline, async (ev, room, toStartOfTimeline) => {
+    if (toStartOfTimeline || !room) return;
+    await client.decryptEventIfNeeded(ev);
+    if (ev.getType() !== "m.room.message") return;
+    const content = ev.getContent();
+    emit({
+        event: "message",
+        room_id: room.roomId,
+        sender: ev.getSender(),
+        event_id: ev.getId(),
+        body: content.body ?? null,
+        msgtype: content.msgtype ?? null,
+        relates_to: content["m.relates_to"] ?? null,
+    });
+});
 
 // --- session observation ---------------------------------------------------------------------
 
