@@ -190,6 +190,7 @@ def _title(container: av.container.InputContainer, stream: av.AudioStream) -> st
 
 def describe(e: BaseException) -> str:
     """FFmpeg's and the network's errors in words for the room."""
+    # Never the exception's own text: FFmpeg's names the file, i.e. a path on the server.
     if isinstance(e, av.error.InvalidDataError):
         return "it is not audio I can play (FFmpeg: invalid data)"
     if isinstance(e, ConnectionRefusedError):
@@ -198,9 +199,11 @@ def describe(e: BaseException) -> str:
         return "the server says it does not exist (HTTP 404)"
     if isinstance(e, av.error.HTTPForbiddenError | av.error.HTTPUnauthorizedError):
         return "the server refused access"
+    if isinstance(e, EOFError):
+        return "it ends before any audio (damaged or empty)"
     if isinstance(e, TimeoutError | av.error.ExitError):
         return "it could not be reached (timed out)"
     if isinstance(e, OSError):
-        reason = getattr(e, "strerror", None) or str(e)
+        reason = getattr(e, "strerror", None) or type(e).__name__
         return f"it could not be opened ({reason})"
-    return f"it could not be played ({type(e).__name__}: {e})"
+    return f"it could not be played ({getattr(e, 'strerror', None) or type(e).__name__})"
