@@ -77,7 +77,7 @@ class ScheduledCalls:
         why = refusal(join, user, level, self.allowed) if join is not None else None
         if why:
             await self._say(
-                room, f"Scheduled call {jid} skipped: {user} may no longer start calls ({why})."
+                room, f"Scheduled call {jid} skipped: {user} may no longer start calls here; {why}."
             )
             return
         session = self.rtc.get_room_session(room)
@@ -119,7 +119,7 @@ class ScheduledCalls:
         why = refusal(cmd, user, level, self.allowed)
         if why:
             await self._say(
-                room, f"Scheduled call {jid}: skipped {shown}: {user} may no longer run it ({why})."
+                room, f"Scheduled call {jid}: skipped {shown}: {user} may no longer run it; {why}."
             )
             return
 
