@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
         "--api-secret", default="secret", help="LiveKit API secret (default: %(default)s)"
     )
     dev.add_argument("--log-level", default="INFO", help="log level (default: %(default)s)")
+
+    from plugins.transcriber import cli as transcribe_cli  # argparse only: imports stay lazy
+
+    transcribe_cli.add_parser(sub)
     return p
 
 
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "dev-sfu":
         return _dev_sfu(args)
+    if args.command == "transcribe":
+        from plugins.transcriber import cli as transcribe_cli
+
+        return transcribe_cli.run(args)
     return _run(args.config)
 
 

@@ -297,6 +297,9 @@ class Recorder(Plugin):
             "started_utc": rec.started_utc,
             "complete": complete,
             "duration_s": round(rec.mix.seconds, 3),
+            # When the files start, in seconds since the bot joined the call (the time of
+            # the call folder): the transcript counts from there.
+            "call_offset_s": round(rec.started_at, 3),
             "participants": [
                 {
                     "user_id": t.participant.user_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,15 @@ class SpeechEngine:
             self.waiting -= 1
             self.done += 1
 
-    def recognize(self, audio: np.ndarray, offset: float = 0.0, **options: Any) -> list[Recognized]:
-        """Blocking: the text of ``audio`` (times + ``offset``)."""
+    def recognize(
+        self,
+        audio: np.ndarray,
+        offset: float = 0.0,
+        progress: Callable[[float], None] | None = None,
+        **options: Any,
+    ) -> list[Recognized]:
+        """Blocking: the text of ``audio`` (times + ``offset``); ``progress`` gets the seconds
+        of ``audio`` done after each segment."""
         s = self.settings
         segments, _info = self.load().transcribe(
             audio,
@@ -168,6 +176,8 @@ class SpeechEngine:
         )
         result = []
         for seg in segments:
+            if progress is not None:
+                progress(seg.end)
             text = seg.text.strip()
             # Whisper invents text for noise ("thanks for watching"): it says so itself.
             if not text or (seg.no_speech_prob > 0.6 and seg.avg_logprob < -1.0):

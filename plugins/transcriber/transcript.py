@@ -28,7 +28,12 @@ class Line:
 
     @property
     def speaker(self) -> str:
+        """Who said it ("" when not known, e.g. a plain audio file)."""
         return self.display_name or self.user_id
+
+    @property
+    def _said(self) -> str:
+        return f"{self.speaker}: {self.text}" if self.speaker else self.text
 
 
 @dataclass
@@ -75,23 +80,20 @@ class Transcript:
     def to_vtt(self) -> str:
         cues = [
             f"{_clock(line.start, '.')} --> {_clock(line.end, '.')}\n"
-            f"<v {_vtt_escape(line.speaker)}>{_vtt_escape(line.text)}"
+            + (f"<v {_vtt_escape(line.speaker)}>" if line.speaker else "")
+            + _vtt_escape(line.text)
             for line in self.ordered()
         ]
         return "WEBVTT\n\n" + "".join(f"{cue}\n\n" for cue in cues)
 
     def to_srt(self) -> str:
         return "".join(
-            f"{i}\n{_clock(line.start, ',')} --> {_clock(line.end, ',')}\n"
-            f"{line.speaker}: {line.text}\n\n"
+            f"{i}\n{_clock(line.start, ',')} --> {_clock(line.end, ',')}\n{line._said}\n\n"
             for i, line in enumerate(self.ordered(), 1)
         )
 
     def to_txt(self) -> str:
-        return "".join(
-            f"[{_clock(line.start, '.')[:8]}] {line.speaker}: {line.text}\n"
-            for line in self.ordered()
-        )
+        return "".join(f"[{_clock(line.start, '.')[:8]}] {line._said}\n" for line in self.ordered())
 
     @classmethod
     def from_json(cls, text: str) -> Transcript:
