@@ -41,7 +41,7 @@ class MusicConfig:
     fade_s: float = field(default=0.2, metadata=_within(0.0, 2.0))
     #: Audio kept queued ahead of real time, ms: more survives longer hiccups of the bot's
     #: event loop, less makes pause, seek and volume act sooner.
-    lead_ms: int = field(default=200, metadata=_within(60, 1000))
+    lead_ms: int = field(default=300, metadata=_within(200, 2000))
     #: Tracks the queue holds; `!play` beyond that is refused.
     max_queue: int = field(default=100, metadata=_within(1, 10_000))
     #: Play http(s) URLs (audio files, radio streams, and pages with yt-dlp installed).
