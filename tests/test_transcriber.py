@@ -151,3 +151,14 @@ def test_config_checks() -> None:
         TranscriberConfig(workers=0)
     with pytest.raises(ValueError, match="min_silence_ms"):
         TranscriberConfig(min_silence_ms=5)
+
+
+async def test_it_starts_by_itself_in_auto_rooms_and_not_elsewhere() -> None:
+    auto = TranscriberConfig(auto_rooms=("!auto:x",))
+    h = PluginHarness(Transcriber(auto), FakeCall(room_id="!auto:x"))
+    await h.start()
+    assert h.plugin.transcript is not None  # type: ignore[attr-defined]
+    other = PluginHarness(Transcriber(auto), FakeCall(room_id="!other:x"))
+    await other.start()
+    assert other.plugin.transcript is None  # type: ignore[attr-defined]
+    assert other.posts == []
