@@ -4,6 +4,7 @@ watching the bot's call membership appear and go."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ async def test_a_job_fires_the_bot_leaves_after_its_duration_and_when_everyone_l
 
         # The job fires: the bot starts the call, and js sees its membership ...
         await _wait_users(alice, room, {account.user_id}, mark)
+        assert job.next_run is not None
+        print(f"membership seen by js {time.time() - job.next_run.timestamp():.2f} s after due")
         assert bot.jobs.jobs(room) == []
         # ... and nobody joined, so only the duration (3 s; not the 120 s wait) ends it.
         await _wait_users(alice, room, set(), mark)
