@@ -111,10 +111,10 @@ def plan(commands: list[str], duration: float | None = None) -> dict[str, Any]:
 async def test_starts_the_call_and_runs_the_commands_as_the_scheduling_user() -> None:
     session = Session()
     calls, plugins, posted, ready, _ = make(session)
-    await calls.fire(plan(["record start", "play a b.ogg"]))
+    await calls.fire(plan(["record start", "play it's  here.ogg"]))
     assert session.joins == 1
     assert ready == [ROOM]  # the commands waited for the call's plugins
-    assert plugins.ran == [("record", "start", ALICE), ("play", "a b.ogg", ALICE)]
+    assert plugins.ran == [("record", "start", ALICE), ("play", "it's  here.ogg", ALICE)]
     assert posted == [
         "Scheduled call abc123 (daily 09:00 UTC; set by @alice:example.org): started the "
         "call. I will leave once everyone has left.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -129,11 +130,13 @@ class ScheduledCalls:
         command_ctx = CommandContext(
             room_id=room,
             sender=user,
-            event_id="",
+            event_id="",  # no message is being answered: replies are plain notices
             prefix=self.prefix,
             reply=reply,
             may_run=lambda c: refusal(c, user, level, self.allowed) is None,
         )
+        if len(cmd.args) == 1 and cmd.args[0].rest:  # one free-text argument: keep it as is
+            argtext = shlex.quote(argtext)
         try:
             await cmd.handler(command_ctx, **bind_args(cmd, argtext, self.prefix))
         except CommandError as e:
