@@ -150,6 +150,8 @@ def _timezone(v: str) -> str | None:
     from bot.schedule.timezones import find_zone
 
     if find_zone(v) is None:
+        if find_zone("UTC") is None:
+            return "no time zone database found: install the tzdata package (pip install tzdata)"
         return f"unknown time zone {v!r} (use an IANA name like 'Europe/Berlin')"
     return None
 
