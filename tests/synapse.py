@@ -1,26 +1,17 @@
-"""A real Synapse on 127.0.0.1 for tests: SQLite, a free port, MatrixRTC features on.
-
-Synapse lives in its own virtual environment (its pins clash with ours); the README test
-command installs it at ``.venv-synapse``. ``CALLBOT_SYNAPSE_PYTHON`` points elsewhere.
-"""
+"""The tests' Synapse: bot.demo.synapse run from its own virtual environment (its pins may
+clash with ours); the README test command installs it at ``.venv-synapse``, and
+``CALLBOT_SYNAPSE_PYTHON`` points elsewhere."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
+from bot.demo.synapse import Account, free_port
+from bot.demo.synapse import Synapse as _Synapse
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED_SECRET = "test-shared-secret"
-SERVER_NAME = "localhost"
+__all__ = ["REPO", "Account", "Synapse", "free_port", "synapse_python"]
 
 
 def synapse_python() -> Path:
@@ -28,178 +19,14 @@ def synapse_python() -> Path:
     return Path(env) if env else REPO / ".venv-synapse" / "bin" / "python"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_LOG_CONFIG = """\
-version: 1
-formatters:
-  precise: {format: '%(asctime)s %(name)s %(levelname)s %(message)s'}
-handlers:
-  file: {class: logging.FileHandler, formatter: precise, filename: LOGFILE}
-root: {level: WARNING, handlers: [file]}
-disable_existing_loggers: false
-"""
-
-_RATE = "{per_second: 1000, burst_count: 1000}"
-
-
-def _homeserver_yaml(d: Path, port: int) -> str:
-    return f"""\
-server_name: "{SERVER_NAME}"
-public_baseurl: "http://127.0.0.1:{port}/"
-pid_file: {d}/homeserver.pid
-listeners:
-  - port: {port}
-    bind_addresses: ['127.0.0.1']
-    type: http
-    tls: false
-    x_forwarded: false
-    resources:
-      # federation: /_matrix/federation/v1/openid/userinfo, which JWT services use
-      - names: [client, federation]
-        compress: false
-database: {{name: sqlite3, args: {{database: {d}/homeserver.db}}}}
-log_config: "{d}/log.config"
-media_store_path: {d}/media_store
-signing_key_path: "{d}/signing.key"
-registration_shared_secret: "{SHARED_SECRET}"
-enable_registration: false
-report_stats: false
-macaroon_secret_key: "test-macaroon-secret"
-form_secret: "test-form-secret"
-trusted_key_servers: []
-suppress_key_server_warning: true
-federation_domain_whitelist: []
-presence: {{enabled: false}}
-url_preview_enabled: false
-# MSC4140 delayed events: switched on by this key in Synapse 1.163, not by experimental_features
-max_event_delay_duration: 24h
-experimental_features:
-  msc4222_enabled: true
-  msc4143_enabled: true
-  msc4354_enabled: true
-  msc4140_max_delayed_events_per_user: 100
-matrix_rtc:
-  transports: [{{type: livekit, livekit_service_url: "http://127.0.0.1:{port + 1}"}}]
-rc_message: {_RATE}
-rc_registration: {_RATE}
-rc_login: {{address: {_RATE}, account: {_RATE}, failed_attempts: {_RATE}}}
-rc_joins: {{local: {_RATE}, remote: {_RATE}}}
-rc_joins_per_room: {_RATE}
-rc_invites: {{per_room: {_RATE}, per_user: {_RATE}, per_issuer: {_RATE}}}
-rc_room_creation: {_RATE}
-rc_key_requests: {_RATE}
-rc_delayed_event_mgmt: {_RATE}
-rc_3pid_validation: {_RATE}
-"""
-
-
-@dataclass(frozen=True)
-class Account:
-    user_id: str
-    password: str
-    localpart: str
-
-
-class Synapse:
+class Synapse(_Synapse):
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._counter = 0
+        super().__init__(directory, synapse_python())
 
     def start(self, timeout_s: float = 60.0) -> None:
-        py = synapse_python()
-        if not py.exists():
+        if not self.python.exists():
             raise RuntimeError(
-                f"Synapse is not installed at {py}: run the README test command "
+                f"Synapse is not installed at {self.python}: run the README test command "
                 "(scripts/test.sh), which installs it, or set CALLBOT_SYNAPSE_PYTHON"
             )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        cfg = self.dir / "homeserver.yaml"
-        cfg.write_text(_homeserver_yaml(self.dir, self.port))
-        (self.dir / "log.config").write_text(
-            _LOG_CONFIG.replace("LOGFILE", str(self.dir / "homeserver.log"))
-        )
-        subprocess.run(
-            [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg), "--generate-keys"],
-            check=True,
-            capture_output=True,
-            cwd=self.dir,
-        )
-        out = open(self.dir / "stdout.log", "wb")  # closed when the process ends
-        self.proc = subprocess.Popen(
-            [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"Synapse exited with {self.proc.returncode}:\n{self._tail('stdout.log')}"
-                    f"\n{self._tail('homeserver.log')}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/_matrix/client/versions", timeout=1):
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Synapse did not answer within {timeout_s} s")
-
-    def _tail(self, name: str) -> str:
-        path = self.dir / name
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def register(self, prefix: str = "user", admin: bool = False) -> Account:
-        """A new account with a unique name, through the shared-secret admin API."""
-        self._counter += 1
-        localpart = f"{prefix}{self._counter}"
-        password = f"pw-{localpart}-{os.getpid()}"
-        with urllib.request.urlopen(f"{self.url}/_synapse/admin/v1/register") as r:
-            nonce = json.load(r)["nonce"]
-        mac = hmac.new(SHARED_SECRET.encode(), digestmod=hashlib.sha1)
-        mac.update(
-            b"\x00".join(
-                [
-                    nonce.encode(),
-                    localpart.encode(),
-                    password.encode(),
-                    b"admin" if admin else b"notadmin",
-                ]
-            )
-        )
-        body = {
-            "nonce": nonce,
-            "username": localpart,
-            "password": password,
-            "admin": admin,
-            "mac": mac.hexdigest(),
-        }
-        req = urllib.request.Request(
-            f"{self.url}/_synapse/admin/v1/register",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req) as r:
-            user_id = json.load(r)["user_id"]
-        return Account(user_id, password, localpart)
+        super().start(timeout_s)

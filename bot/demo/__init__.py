@@ -1,0 +1,1 @@
+"""``callbot demo``: the whole thing on one machine, with nothing to set up."""
