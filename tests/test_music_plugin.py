@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -134,7 +135,9 @@ async def test_ducking_follows_who_speaks(tmp_path: Path) -> None:
     n = call.outputs[0].pcm.shape[0]
     await until(lambda: call.outputs[0].pcm.shape[0] > n + 1.2 * 48_000)
     assert abs(heard(call)[1] / full - 1) < 0.1
+    # The call ends mid-track: the decoding thread ends with it.
     await h.end()
+    await until(lambda: not [t for t in threading.enumerate() if t.name == "music-decoder"])
 
 
 async def test_refusals_in_words(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ class Player:
         self.position = 0.0  # seconds into the current track (what has been written)
         self.stats = PlayerStats()
         self._output: AudioOut | None = None
+        self._decoder: Decoder | None = None
         self._request: tuple[str, float] | None = None  # (what, seek position)
         self._wake = asyncio.Event()  # something to play, or a request while waiting
         self._task: asyncio.Task[None] | None = None
@@ -168,7 +169,11 @@ class Player:
         """A decoder that has opened the track and has its first frames, or what happened
         instead (a failure is told to the room)."""
         decoder = Decoder(track.source, self.policy, start).start()
-        item = await self._next(decoder)
+        try:
+            item = await self._next(decoder)
+        except BaseException:  # cancelled (the call ended): the thread must not linger
+            decoder.close()
+            raise
         if isinstance(item, Outcome):
             decoder.close()
             return item
@@ -209,17 +214,18 @@ class Player:
         opened = await self._open(track, 0.0)
         if isinstance(opened, Outcome):
             return opened
-        decoder = opened
+        decoder = self._decoder = opened
         self.stats.tracks += 1
         if self.announce:
             length = f" ({clock_text(track.duration)})" if track.duration else " (live)"
             self.say(f"▶ Now playing: {track.name}{length}")
-        out = await self._get_output()
-        self.chain.new_track(fade_in=False)
         try:
+            out = await self._get_output()
+            self.chain.new_track(fade_in=False)
             return await self._pace(track, decoder, out)
         finally:
-            decoder.close()
+            if self._decoder is not None:  # the track's, or the one a seek opened
+                self._decoder.close()
 
     async def _pace(self, track: Track, decoder: Decoder, out: AudioOut) -> Outcome:
         t0, written = self.clock(), 0.0
@@ -259,7 +265,8 @@ class Player:
                     reopened = await self._open(track, seeking)
                     if isinstance(reopened, Outcome):
                         return reopened
-                    decoder, self.position, seeking = reopened, seeking, None
+                    decoder = self._decoder = reopened
+                    self.position, seeking = seeking, None
                 self.state = State.PLAYING
                 self.chain.fade_in()
                 t0, written = self.clock(), 0.0  # the output ran empty on purpose
