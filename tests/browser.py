@@ -1,0 +1,434 @@
+"""A browser call participant for interop tests: livekit-client in headless Chromium.
+
+``tests/browser/page/peer.js`` runs the livekit-client that Element Call pins
+(``tests/browser/package.json``) with end-to-end encryption set up as Element Call sets it up;
+this module serves that page, starts Debian's Chromium, and drives the page over the DevTools
+protocol (CDP) from the test's own event loop:
+
+- :class:`PageServer` serves the page and livekit-client's bundles on 127.0.0.1.
+- :class:`Chromium` is one headless Chromium with a fresh profile, in its own process group,
+  killed by its process id; :class:`Cdp` is a minimal CDP client over its websocket.
+- :class:`BrowserPeer` is one page: ``connect``, ``set_key``, ``publish_tone``, ``hear``.
+- :func:`forward_keys` hands every media key a matrix-js-sdk peer (``tests/jspeer.py``)
+  announces to the page, as Element Call's ``MatrixKeyProvider`` does with its session's.
+
+Chromium: ``CALLBOT_CHROMIUM`` if set, else Debian's ``/usr/lib/chromium/chromium`` (the
+``/usr/bin/chromium`` wrapper does not exec, so its pid is not the browser's), else
+``chromium`` on the PATH. ``scripts/test.sh`` installs it and the npm packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+from aiohttp import web
+
+from tests.jspeer import JsPeer
+
+REPO = Path(__file__).resolve().parent.parent
+BROWSER_DIR = REPO / "tests" / "browser"
+PAGE_DIR = BROWSER_DIR / "page"
+LIVEKIT_DIST = BROWSER_DIR / "node_modules" / "livekit-client" / "dist"
+# As the issue asks, plus what a test needs: CDP on a free loopback port, audio without a
+# user gesture, and real host addresses in ICE candidates (the dev SFU cannot resolve mDNS).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+)
+START_TIMEOUT = 30.0
+CALL_TIMEOUT = 30.0
+CONTENT_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".map": "application/json",
+}
+
+
+class BrowserError(RuntimeError):
+    """The browser, or a script in the page, failed."""
+
+
+def chromium_executable() -> Path:
+    env = os.environ.get("CALLBOT_CHROMIUM")
+    if env:
+        return Path(env)
+    debian = Path("/usr/lib/chromium/chromium")
+    if debian.is_file():
+        return debian
+    found = shutil.which("chromium")
+    if found:
+        return Path(found)
+    raise RuntimeError(
+        "Chromium not found: scripts/test.sh installs Debian's chromium (apt-get install "
+        "chromium, as root), or set CALLBOT_CHROMIUM to a Chromium binary"
+    )
+
+
+def _check_node_modules() -> None:
+    if not (LIVEKIT_DIST / "livekit-client.esm.mjs").is_file():
+        raise RuntimeError(
+            f"{LIVEKIT_DIST} is missing: run scripts/test.sh (or `npm ci` in tests/browser "
+            "with the venv's npm)"
+        )
+
+
+class PageServer:
+    """The page at ``/`` and livekit-client's dist at ``/livekit/``, on 127.0.0.1.
+
+    A loopback origin is a secure context, so the page has WebCrypto."""
+
+    def __init__(self) -> None:
+        self.roots = {"/livekit/": LIVEKIT_DIST, "/": PAGE_DIR}
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        for prefix, root in self.roots.items():
+            if path.startswith(prefix):
+                name = path[len(prefix) :] or "index.html"
+                file = (root / name).resolve()
+                if file.is_relative_to(root.resolve()) and file.is_file():
+                    kind = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
+                    return web.Response(body=file.read_bytes(), content_type=kind)
+                break
+        raise web.HTTPNotFound()
+
+    async def start(self) -> PageServer:
+        _check_node_modules()
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Cdp:
+    """Commands and events over one DevTools websocket (flattened target sessions)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.handlers: list[Callable[[str, dict[str, Any]], None]] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self._ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                if "id" in data:
+                    fut = self._pending.pop(data["id"], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(data)
+                else:
+                    for handler in self.handlers:
+                        handler(data.get("method", ""), data.get("params", {}))
+        finally:
+            closed = BrowserError("the DevTools connection closed")
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(closed)
+            self._pending.clear()
+
+    async def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = CALL_TIMEOUT,
+    ) -> dict[str, Any]:
+        msg_id = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
+        if session is not None:
+            msg["sessionId"] = session
+        await self._ws.send_str(json.dumps(msg))
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._pending.pop(msg_id, None)
+            raise TimeoutError(f"DevTools {method} got no reply within {timeout} s") from None
+        if "error" in reply:
+            raise BrowserError(f"DevTools {method} failed: {reply['error']}")
+        return reply.get("result", {})
+
+    async def close(self) -> None:
+        await self._ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class Chromium:
+    """One headless Chromium with a fresh profile under ``workdir``.
+
+    It runs in a process group of its own (its renderers, GPU and utility processes with
+    it), which :meth:`stop` kills by the browser's process id."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.profile = workdir / "profile"
+        self.log_path = workdir / "chromium.log"
+        self.pid: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.cdp: Cdp | None = None
+
+    async def start(self) -> Chromium:
+        with self._log_file() as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                str(chromium_executable()),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.pid = self._proc.pid
+        try:
+            endpoint = await self._devtools_endpoint()
+            self._http = aiohttp.ClientSession()
+            ws = await self._http.ws_connect(endpoint, max_msg_size=0)
+            self.cdp = Cdp(ws)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    def _log_file(self) -> BinaryIO:
+        """A fresh profile (it fails if a previous run left one) and the browser's log."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.profile.mkdir(mode=0o700)
+        return open(self.log_path, "wb")
+
+    async def _devtools_endpoint(self) -> str:
+        """Chromium writes its DevTools port and path to the profile once it listens."""
+        port_file = self.profile / "DevToolsActivePort"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            assert self._proc is not None
+            if self._proc.returncode is not None:
+                raise BrowserError(
+                    f"Chromium exited with {self._proc.returncode}; log tail:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError):
+                lines = port_file.read_text().split()
+                if len(lines) == 2:
+                    return f"ws://127.0.0.1:{lines[0]}{lines[1]}"
+            if loop.time() > deadline:
+                raise BrowserError(f"Chromium did not open DevTools; log tail:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        """Close the DevTools connection and kill the browser's process group."""
+        if self.cdp is not None:
+            with contextlib.suppress(Exception):
+                await self.cdp.close()
+        if self._http is not None:
+            await self._http.close()
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            await self._proc.wait()
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What the page hears of one participant: loudest frequency, its dBFS, waveform rms."""
+
+    freq: float
+    db: float
+    rms: float
+
+    def is_tone(self, freq: float, tolerance: float = 15.0) -> bool:
+        return self.rms > 0.05 and abs(self.freq - freq) < tolerance
+
+
+class BrowserPeer:
+    """One page of ``tests/browser/page`` in a Chromium: a livekit-client participant."""
+
+    def __init__(self, browser: Chromium, server: PageServer) -> None:
+        self.browser = browser
+        self.server = server
+        self.session = ""
+        self.log_path = browser.workdir / "page.log"
+        self.keys: list[tuple[str, int]] = []  # (identity, index) handed to livekit-client
+        self._log = open(self.log_path, "a", encoding="utf-8")  # closed in close()
+
+    @property
+    def cdp(self) -> Cdp:
+        assert self.browser.cdp is not None
+        return self.browser.cdp
+
+    def _on_event(self, method: str, params: dict[str, Any]) -> None:
+        if method == "Runtime.consoleAPICalled":
+            text = " ".join(
+                str(a.get("value", a.get("description", a.get("type")))) for a in params["args"]
+            )
+            self._log.write(f"[{params['type']}] {text}\n")
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            text = details.get("exception", {}).get("description", details.get("text"))
+            self._log.write(f"[exception] {text}\n")
+        else:
+            return
+        self._log.flush()
+
+    async def open(self) -> BrowserPeer:
+        self.cdp.handlers.append(self._on_event)
+        target = await self.cdp.send("Target.createTarget", {"url": "about:blank"})
+        attached = await self.cdp.send(
+            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+        )
+        self.session = attached["sessionId"]
+        await self.cdp.send("Runtime.enable", session=self.session)
+        await self.cdp.send("Page.navigate", {"url": self.server.url}, session=self.session)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while await self.evaluate("typeof window.callbot") != "object":
+            if loop.time() > deadline:
+                raise BrowserError(f"the page did not load; its log:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+        return self
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def evaluate(self, expression: str, timeout: float = CALL_TIMEOUT) -> Any:
+        result = await self.cdp.send(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session=self.session,
+            timeout=timeout,
+        )
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            text = details.get("exception", {}).get("description", details.get("text"))
+            raise BrowserError(f"{expression[:80]}: {text}")
+        return result["result"].get("value")
+
+    async def call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        """``window.callbot[method](...args)`` in the page, awaited; its JSON value."""
+        arglist = ", ".join(json.dumps(a) for a in args)
+        return await self.evaluate(f"window.callbot.{method}({arglist})", timeout)
+
+    async def connect(self, url: str, token: str) -> dict[str, Any]:
+        return await self.call("connect", url, token)
+
+    async def set_key(self, identity: str, index: int, key: bytes) -> None:
+        await self.call("setKey", identity, index, base64.b64encode(key).decode())
+        self.keys.append((identity, index))
+
+    async def publish_tone(self, freq: float, name: str = "tone") -> dict[str, Any]:
+        return await self.call("publishTone", name, freq)
+
+    async def hear(self, identity: str) -> Heard | None:
+        value = await self.call("hear", identity)
+        if value is None:
+            return None
+        db = value["db"]  # -Infinity (silence) comes back as null
+        return Heard(value["freq"], float("-inf") if db is None else db, value["rms"])
+
+    async def state(self) -> dict[str, Any]:
+        return await self.call("state")
+
+    async def tone(self, identity: str, freq: float, timeout: float = CALL_TIMEOUT) -> Heard:
+        """Waits until ``identity``'s audio holds ``freq`` in two looks 0.2 s apart."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: Heard | None = None
+        before = False
+        while True:
+            last = await self.hear(identity)
+            now = last is not None and last.is_tone(freq)
+            if now and before:
+                return last
+            before = now
+            if loop.time() > deadline:
+                raise TimeoutError(f"the browser heard no {freq} Hz from {identity}: {last}")
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.call("disconnect", timeout=5)
+        self._log.close()
+
+
+async def forward_keys(peer: JsPeer, page: BrowserPeer, room_id: str) -> None:
+    """Hands every media key ``peer`` (the participant's Matrix side) announces for the room,
+    its own and everyone else's, to the page; runs until cancelled."""
+    seen = 0
+    while True:
+        await peer.wait_event(lambda e: True, timeout=3600, since=seen)
+        events, seen = peer.events[seen:], len(peer.events)
+        for event in events:
+            if event.get("event") == "key" and event.get("room_id") == room_id:
+                await page.set_key(
+                    event["identity"], event["index"], base64.b64decode(event["key"])
+                )
+
+
+@contextlib.asynccontextmanager
+async def browser_peer(workdir: Path) -> AsyncIterator[BrowserPeer]:
+    """A page with livekit-client in a fresh headless Chromium; all of it gone afterwards."""
+    server = await PageServer().start()
+    browser = Chromium(workdir)
+    try:
+        await browser.start()
+        page = BrowserPeer(browser, server)
+        try:
+            yield await page.open()
+        finally:
+            await page.close()
+    finally:
+        await browser.stop()
+        await server.stop()
