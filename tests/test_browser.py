@@ -230,6 +230,29 @@ async def test_the_browser_and_the_bot_keep_hearing_each_other_across_a_key_rota
             await feeder
 
 
+def process_group(pgid: int) -> list[int]:
+    """The living processes of a process group (zombies have died: they wait to be reaped)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                # /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] not in "ZX":
+                    members.append(int(entry.name))
+    return members
+
+
+async def test_the_browser_and_its_helpers_are_gone_afterwards(tmp_path: Path) -> None:
+    async with browser_peer(tmp_path / "browser") as page:
+        pid = page.browser.pid
+        assert pid is not None
+        assert await page.state() is not None
+        assert len(process_group(pid)) > 1  # the browser, its renderer, its helpers
+    # SIGKILL is delivered to the whole group; dying takes the kernel a moment.
+    await wait_until(lambda: process_group(pid) == [], TIMEOUT, "the group to die")
+
+
 async def wait_until_page(page: BrowserPeer, pred, what: str) -> None:
     """Polls the page's state until ``pred(state)``."""
     loop = asyncio.get_running_loop()
