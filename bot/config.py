@@ -103,6 +103,10 @@ def _non_negative(v: float) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "must be 1 or more"
+
+
 def _optional_url(v: str | None) -> str | None:
     return None if v is None else _http_url(v)
 
@@ -140,6 +144,11 @@ class RtcConfig:
     auto_leave_grace: float = _check(_non_negative, default=30.0)
     #: ... or this many seconds after joining, if nobody else has been in the call since.
     wait_for_participants: float = _check(_non_negative, default=600.0)
+    #: Calls the bot is in at once at most (bot.rtc.capacity); joins past it are ...
+    max_calls: int = _check(_at_least_one, default=20)
+    #: ... refused with a reply naming this limit ("refuse"), or wait, first come first
+    #: served, for a call to end ("queue"; at most max_calls joins wait, later ones are refused).
+    when_full: Literal["refuse", "queue"] = "refuse"
 
     @property
     def mints_tokens(self) -> bool:

@@ -151,3 +151,80 @@ async def test_refresh_and_watchdog(
         else:
             raise AssertionError("the membership was not re-sent")
         await session.leave()
+
+
+def _replies(alice: Peer, room: str, to_event: str, sender: str) -> list[str]:
+    bodies = []
+    for rid, ev in alice.messages:
+        rel = ev.source.get("content", {}).get("m.relates_to", {})
+        if (
+            rid == room
+            and ev.sender == sender
+            and rel.get("m.in_reply_to", {}).get("event_id") == to_event
+        ):
+            bodies.append(ev.body)
+    return bodies
+
+
+async def test_call_limit_refuses_past_it(synapse: Synapse, tmp_path: Path) -> None:
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc={**MINT, "max_calls": 1})
+    async with running_bot(config), peer(synapse, tmp_path, "alice") as alice:
+        user = account.user_id
+        first, second = [
+            await _room(alice, user, power_level_override=CALLS_ALLOWED) for _ in range(2)
+        ]
+        # A join that fails (no power level here) gives its slot back.
+        no_power = await _room(alice, user)
+        assert (await alice.ask(no_power, "!join", user)).startswith("I cannot join the call")
+        assert (await alice.ask(first, "!join", user)).startswith("Started the call")
+        assert await alice.ask(second, "!join", user) == (
+            "I am in 1 call, the most I take at once (rtc.max_calls = 1), so I am not joining "
+            "this one. Try again when one of them has ended."
+        )
+        status = await alice.ask(second, "!status", user)
+        assert "In 1 call, at most 1 (rtc.max_calls); 1 joins refused for the limit" in status
+        assert await alice.ask(first, "!leave", user) == "Left the call."
+        assert (await alice.ask(second, "!join", user)).startswith("Started the call")
+        await alice.ask(second, "!leave", user)
+
+
+async def test_call_limit_queues_joins(synapse: Synapse, tmp_path: Path) -> None:
+    account = synapse.register("bot")
+    rtc = {**MINT, "max_calls": 1, "when_full": "queue"}
+    config = bot_config(synapse, account, tmp_path / "data", rtc=rtc)
+    async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+        user = account.user_id
+        first, second, third = [
+            await _room(alice, user, power_level_override=CALLS_ALLOWED) for _ in range(3)
+        ]
+        assert (await alice.ask(first, "!join", user)).startswith("Started the call")
+        queued = await alice.send(second, "!join")
+        reply = (await alice.next_reply(second, queued, user)).body
+        assert reply == (
+            "I am in 1 call, the most I take at once (rtc.max_calls = 1). I will join this "
+            "one when one of them ends (1st in line); !leave withdraws it."
+        )
+        # The bounded line (max_calls long) is full: the next join is refused.
+        assert (await alice.ask(third, "!join", user)).endswith(
+            "1 more are already waiting. Try again later."
+        )
+        status = await alice.ask(first, "!status", user)
+        assert f"In 1 call, at most 1 (rtc.max_calls); waiting to join: {second}" in status
+        # The waiting join holds no command slot: commands still run meanwhile, and when
+        # the first call ends the bot joins the second and answers the same !join.
+        assert await alice.ask(first, "!leave", user) == "Left the call."
+        await wait_until(
+            lambda: len(_replies(alice, second, queued, user)) == 2, what="the queued join"
+        )
+        assert _replies(alice, second, queued, user)[1].startswith("Started the call")
+        assert bot.rtc.get_room_session(second).is_joined
+
+        # !leave withdraws a waiting join.
+        assert (await alice.ask(third, "!join", user)).startswith("I am in 1 call")
+        assert await alice.ask(third, "!leave", user) == (
+            "I will not join this room's call after all (I was waiting)."
+        )
+        assert await alice.ask(second, "!leave", user) == "Left the call."
+        assert not bot.rtc.get_room_session(third).is_joined
+        assert bot.rtc.slots.in_use == 0 and bot.rtc.slots.waiting == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -9,6 +10,7 @@ from bot.commands.permissions import UserPatterns
 from bot.commands.registry import Arg, CommandContext, CommandRegistry, command
 from bot.config import CommandConfig
 from bot.errors import CommandError
+from bot.rtc.capacity import CallSlots, OnQueued
 from bot.rtc.focus import RtcError
 from bot.rtc.session import JoinStateChanged
 from bot.schedule.runner import ScheduledCalls
@@ -21,17 +23,22 @@ ALICE = "@alice:example.org"
 
 
 class Session:
-    def __init__(self, fail: str | None = None) -> None:
+    """A stand-in call session; with ``slots`` its joins take a slot as the real one does."""
+
+    def __init__(self, fail: str | None = None, slots: CallSlots | None = None) -> None:
         self.room_id = ROOM
         self.memberships: list[Any] = []
         self.is_joined = False
         self.joins = self.leaves = 0
         self.fail = fail
+        self.slots = slots
         self.join_state_changed: Signal[JoinStateChanged] = Signal("join_state_changed")
 
-    async def join(self) -> None:
+    async def join(self, on_queued: OnQueued | None = None) -> None:
         if self.fail:
             raise RtcError(self.fail)
+        if self.slots is not None:
+            await self.slots.acquire(self.room_id, on_queued)
         self.joins += 1
         self.is_joined = True
         self.join_state_changed.emit(JoinStateChanged(True))
@@ -63,7 +70,12 @@ class Plugins:
         self.ran.append(("play", source, ctx.sender))
 
 
-def make(session: Session, levels: dict[str, int] | None = None, rooms=(ROOM,)):
+def make(
+    session: Session,
+    levels: dict[str, int] | None = None,
+    rooms=(ROOM,),
+    slots: CallSlots | None = None,
+):
     registry = CommandRegistry()
     plugins = Plugins()
     registry.register(plugins)
@@ -83,7 +95,9 @@ def make(session: Session, levels: dict[str, int] | None = None, rooms=(ROOM,)):
         return True
 
     calls = ScheduledCalls(
-        rtc=SimpleNamespace(get_room_session=lambda room: session),  # type: ignore[arg-type]
+        rtc=SimpleNamespace(  # type: ignore[arg-type]
+            get_room_session=lambda room: session, slots=slots or CallSlots(20)
+        ),
         registry=registry,
         allowed=UserPatterns(["@*:example.org"]),
         prefix="!",
@@ -213,3 +227,34 @@ async def test_missed_runs_are_said_in_the_room() -> None:
         "I was not running then. The schedule stays for the next runs."
     )
     assert posted[1].endswith("I was not running then.")
+
+
+async def test_past_the_call_limit_a_job_is_refused_or_waits() -> None:
+    refusing = CallSlots(1, "refuse")
+    await refusing.acquire("!other:example.org")
+    session = Session(slots=refusing)
+    calls, plugins, posted, _, _ = make(session, slots=refusing)
+    await calls.fire(plan(["play x.ogg"]))
+    assert session.joins == 0 and plugins.ran == []
+    assert posted == [
+        "Scheduled call abc123: I could not join the call. I am in 1 call, the most I take "
+        "at once (rtc.max_calls = 1), so I am not joining this one. Try again when one of "
+        "them has ended."
+    ]
+
+    queueing = CallSlots(1, "queue")
+    await queueing.acquire("!other:example.org")
+    session = Session(slots=queueing)
+    calls, plugins, posted, _, _ = make(session, slots=queueing)
+    fired = asyncio.create_task(calls.fire(plan(["play x.ogg"])))
+    await wait_until(lambda: posted, 5, "the notice")
+    assert posted == [
+        "Scheduled call abc123: I am in 1 call, the most I take at once (rtc.max_calls = 1); "
+        "I will join this one when one of them ends (1 in line)."
+    ]
+    assert session.joins == 0
+    queueing.release("!other:example.org")  # that call ended
+    await fired
+    assert session.joins == 1 and plugins.ran == [("play", "x.ogg", ALICE)]
+    assert "started the call" in posted[1]
+    await calls.stop()

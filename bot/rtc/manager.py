@@ -21,6 +21,7 @@ from bot.log import context
 from bot.matrix import sticky, todevice
 from bot.matrix.client import MatrixClient
 from bot.matrix.sticky import StickyStore
+from bot.rtc.capacity import CallSlots
 from bot.rtc.keys import KEYS_EVENT_TYPE
 from bot.rtc.membership import LEGACY_TYPES, STICKY_TYPE
 from bot.rtc.session import MatrixRTCSession, MembershipsChanged
@@ -38,6 +39,8 @@ class MatrixRTCSessionManager:
         self._state: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         #: per room: sticky rtc.member events (MSC4143 memberships)
         self._sticky: dict[str, StickyStore] = {}
+        #: the call limit (rtc.max_calls) every session's join goes through
+        self.slots = CallSlots(cfg.max_calls, cfg.when_full)
         self.session_started: Signal[MatrixRTCSession] = Signal("session_started")
         self.session_ended: Signal[MatrixRTCSession] = Signal("session_ended")
         #: a room's session object was made (before any call event of it)
@@ -56,6 +59,7 @@ class MatrixRTCSessionManager:
                 self.cfg,
                 power_level_of=self.matrix.power_level,
                 sticky_events=self._sticky.setdefault(room_id, StickyStore()),
+                slots=self.slots,
             )
             session.memberships_changed.connect(lambda change, s=session: self._announce(s, change))
             self._sessions[room_id] = session
@@ -76,7 +80,8 @@ class MatrixRTCSessionManager:
         return [s for s in self._sessions.values() if s.is_joined]
 
     async def stop(self, timeout_s: float = 2.0) -> None:
-        """Leave every call the bot is in."""
+        """Leave every call the bot is in (and withdraw the joins waiting for a slot)."""
+        self.slots.cancel_all()
         for session in self.joined_sessions():
             await session.leave(timeout_s)
         for session in self._sessions.values():

@@ -20,6 +20,7 @@ from bot.config import RtcConfig
 from bot.log import context
 from bot.matrix import todevice
 from bot.matrix.sticky import StickyStore
+from bot.rtc.capacity import CallSlots, OnQueued
 from bot.rtc.focus import RtcError, SfuAccess, discover_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
 from bot.rtc.keys import (
@@ -79,12 +80,14 @@ class MatrixRTCSession:
         *,
         power_level_of: Callable[[str, str], Awaitable[int]],
         sticky_events: StickyStore | None = None,
+        slots: CallSlots | None = None,
         slot_id: str = DEFAULT_SLOT_ID,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self._power_level_of = power_level_of
         self._sticky = sticky_events or StickyStore()
+        self._slots = slots
         self.room_id = room_id
         self.slot_id = slot_id
         self.cfg = cfg
@@ -182,14 +185,28 @@ class MatrixRTCSession:
 
     # ------------------------------------------------------------------ join / leave
 
-    async def join(self, foci: list[dict[str, Any]] | None = None) -> SfuAccess:
+    async def join(
+        self, foci: list[dict[str, Any]] | None = None, on_queued: OnQueued | None = None
+    ) -> SfuAccess:
         """Join the call: focus, SFU token, membership, keys. RtcError explains any refusal.
 
         ``foci``: the transports to prefer (the first LiveKit one is used); by default the
         focus of the call going on, else the one the homeserver or the config names.
+        The bot's call limit applies (``bot.rtc.capacity``): past it this raises
+        ``CallLimitReached``, or waits for a free slot (``on_queued`` is told its position).
         """
         if self.is_joined and self.sfu is not None:
             return self.sfu
+        if self._slots is not None:
+            await self._slots.acquire(self.room_id, on_queued)
+        try:
+            return await self._join(foci)
+        except BaseException:
+            if self._slots is not None and not self.is_joined:
+                self._slots.release(self.room_id)
+            raise
+
+    async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
         member_id = await self._manager.prepare()
         await self._check_power_level()
         transport = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
@@ -251,6 +268,8 @@ class MatrixRTCSession:
         self._received.clear()
         self._announced.clear()
         self.sfu = None
+        if self._slots is not None:
+            self._slots.release(self.room_id)
         if was_joined:
             self.join_state_changed.emit(JoinStateChanged(False))
             log.info("left the call", extra=self._ctx)

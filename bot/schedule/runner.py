@@ -23,6 +23,7 @@ from bot.commands.registry import CommandContext, CommandRegistry
 from bot.errors import CommandError
 from bot.log import context
 from bot.matrix.rest import MatrixHttpError
+from bot.rtc.capacity import calls
 from bot.rtc.focus import RtcError
 from bot.rtc.manager import MatrixRTCSessionManager
 from bot.rtc.session import JoinStateChanged, MatrixRTCSession
@@ -85,8 +86,18 @@ class ScheduledCalls:
         started = False
         if not session.is_joined:
             started = not session.memberships
+
+            async def queued(position: int) -> None:
+                slots = self.rtc.slots
+                await self._say(
+                    room,
+                    f"Scheduled call {jid}: I am in {calls(slots.in_use)}, the most I take at "
+                    f"once (rtc.max_calls = {slots.max_calls}); I will join this one when one "
+                    f"of them ends ({position} in line).",
+                )
+
             try:
-                await session.join()
+                await session.join(on_queued=queued)
             except (RtcError, MatrixHttpError) as e:
                 await self._say(room, f"Scheduled call {jid}: I could not join the call. {e}")
                 return
