@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import __version__
@@ -65,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--log-level", default="INFO", help="log level (default: %(default)s)")
 
+    demo = sub.add_parser(
+        "demo",
+        help="see it work: a throwaway Synapse, the dev SFU, the bot recording and transcribing "
+        "a simulated participant (needs the [demo] extra)",
+    )
+    demo.add_argument(
+        "--data-dir", type=Path, help="where to keep everything (default: a new temporary folder)"
+    )
+    demo.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+
     from plugins.transcriber import cli as transcribe_cli  # argparse only: imports stay lazy
 
     transcribe_cli.add_parser(sub)
@@ -77,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.file)
     if args.command == "dev-sfu":
         return _dev_sfu(args)
+    if args.command == "demo":
+        from bot.demo.run import main as demo
+
+        return demo(args.data_dir, args.keep)
     if args.command == "transcribe":
         from plugins.transcriber import cli as transcribe_cli
 

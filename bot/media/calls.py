@@ -95,6 +95,7 @@ class CallMediaManager:
         self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
         #: set once a joined call's plugins have started (or there are none to start)
         self._ready: dict[str, asyncio.Event] = {}
+        self._stopping: set[asyncio.Event] = set()  # one per call whose plugins are ending
         rtc.session_created.connect(self._watch)
 
     def add_plugin(self, factory: PluginFactory, rooms: frozenset[str] | None = None) -> None:
@@ -120,10 +121,19 @@ class CallMediaManager:
         for r in self.runners(room_id):
             st = r.stats
             state = "disabled after errors" if st.disabled else "running"
-            lines.append(
+            line = (
                 f"  plugin {r.name}: {state}, {st.delivered} delivered, "
-                f"{st.dropped} dropped, {st.errors} errors"
+                f"{st.dropped} dropped, {st.errors} errors, "
+                f"{r.queued} of {r.plugin.queue_size} frames queued"
             )
+            if r.events_dropped:
+                line += f", {r.events_dropped} speaking events dropped"
+            try:
+                extra = r.plugin.status()
+            except Exception:
+                log.exception("plugin %s failed to say its status", r.name)
+                extra = None
+            lines.append(f"{line}; {extra}" if extra else line)
         return lines
 
     def e2ee_state(self, room_id: str, identity: str) -> str | None:
@@ -212,14 +222,26 @@ class CallMediaManager:
         if entry is None:
             return
         media, router = entry
-        await router.stop()
-        for runner in router.runners:
-            try:
-                await runner.plugin.on_call_end()
-            except Exception:
-                log.exception("plugin %s failed to stop", runner.name, extra=context(room=room_id))
-        await media.stop()
+        finished = asyncio.Event()
+        self._stopping.add(finished)
+        try:
+            await router.stop()
+            for runner in router.runners:
+                try:
+                    await runner.plugin.on_call_end()
+                except Exception:
+                    log.exception(
+                        "plugin %s failed to stop", runner.name, extra=context(room=room_id)
+                    )
+            await media.stop()
+        finally:
+            finished.set()
+            self._stopping.discard(finished)
 
     async def stop(self) -> None:
+        """Leave every call's media, and wait for calls already ending: their plugins are
+        still writing files and posting them, which needs Matrix up."""
         for room_id in list(self._calls):
             await self._stop(room_id)
+        while self._stopping:
+            await next(iter(self._stopping)).wait()
