@@ -139,7 +139,6 @@ async def _demo(folder: Path, address: str) -> int:
     from bot.config import parse_config
     from bot.demo.synapse import Synapse
     from bot.devsfu.server import DevSfu
-
     from bot.log import setup_logging
 
     setup_logging(os.environ.get("CALLBOT_DEMO_LOG_LEVEL", "ERROR"))
