@@ -8,7 +8,7 @@ and indexes, the sender moving to each new own key index). Every key her js-sdk 
 announces is handed to livekit-client as it arrives (:func:`tests.browser.forward_keys`), so
 the keys the browser uses are the ones it received from the bot over Olm.
 
-Why this shape (the least fragile of those tried): the browser runs no Matrix code, so the
+Why this shape (chosen as the least fragile): the browser runs no Matrix code, so the
 js-sdk side stays the one ``tests/jspeer.py`` already drives; Python speaks the DevTools
 protocol to the page itself (no playwright, no second Node process to keep in step); the page
 comes from a loopback HTTP server (a secure context, so WebCrypto works) and reaches the dev
