@@ -249,6 +249,16 @@ class Plugin:
     async def on_participant(self, event: ParticipantEvent) -> None:
         """Someone joined, left, muted, unmuted, started or stopped speaking."""
 
+    def metrics(self) -> dict[str, float]:
+        """Figures for Prometheus, read when scraped (keep it cheap): each key becomes the
+        gauge ``callbot_<plugin>_<key>`` labelled with the room."""
+        return {}
+
+    def status(self) -> str | None:
+        """A few words for ``!status`` on how the plugin keeps up (its own backlog, what it
+        missed), or None. Called on the event loop: only read counters here."""
+        return None
+
 
 @dataclass
 class PluginStats:

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import math
+import re
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -265,6 +266,12 @@ async def test_bot_hears_a_participant_and_is_heard(
         assert f"{alice.user_id} ({alice.device_id}): key received, media: decrypting" in status
         assert "  plugin broken: disabled after errors" in status
         assert "  plugin listener: running" in status
+        # The stuck plugin's queue is full, and !status shows it with what it dropped.
+        assert re.search(
+            r"  plugin sleepy: running, \d+ delivered, [1-9]\d* dropped, 0 errors, "
+            r"10 of 10 frames queued",
+            status,
+        ), status
 
         # Someone whose key the bot never got: nothing decrypts, and the room is told.
         notices: list[str] = []

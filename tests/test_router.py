@@ -166,3 +166,49 @@ def test_declarations_are_checked() -> None:
 
     with pytest.raises(ValueError, match="unsupported sample rate"):
         AudioWants(sample_rate=12_345)
+
+
+async def test_queue_lengths_are_visible() -> None:
+    router = FrameRouter()
+    plugin = Recorder()
+    plugin.gate.clear()
+    runner = router.add(plugin)
+    for i in range(3):
+        router.push_audio(WANTS, frame(i))
+    router.push_event(ParticipantEvent(ParticipantChange.JOINED, ALICE, 0.0))
+    await settle()  # frame 0 is being handled; 1 and 2 wait, then the event
+    assert (runner.queued, runner.events_queued) == (1, 1)
+    plugin.gate.set()
+    await runner.drained()
+    assert (runner.queued, runner.events_queued) == (0, 0)
+    await router.stop()
+
+
+async def test_a_stuck_plugin_piles_up_no_more_than_so_many_speaking_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.media import router as router_module
+
+    monkeypatch.setattr(router_module, "MAX_QUEUED_EVENTS", 3)
+    router = FrameRouter()
+    plugin = Recorder()
+    plugin.gate.clear()
+    runner = router.add(plugin)
+    router.push_audio(WANTS, frame(0))
+    await settle()  # stuck in on_audio
+    changes = [ParticipantChange.SPEAKING, ParticipantChange.SILENT] * 3
+    changes += [ParticipantChange.LEFT, ParticipantChange.JOINED]
+    for change in changes:
+        router.push_event(ParticipantEvent(change, ALICE, 0.0))
+    assert runner.events_queued == 5 and runner.events_dropped == 3
+    plugin.gate.set()
+    await router.stop()
+    # joins and leaves always get through; speaking/silent only up to the bound
+    assert plugin.got == [
+        0,
+        ParticipantChange.SPEAKING,
+        ParticipantChange.SILENT,
+        ParticipantChange.SPEAKING,
+        ParticipantChange.LEFT,
+        ParticipantChange.JOINED,
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from bot.testing import FakeCall, PluginHarness
 from plugins.transcriber.engine import EngineBusy
 from plugins.transcriber.plugin import Transcriber, TranscriberConfig
 from plugins.transcriber.samples import samples, word_error_rate
+from tests.peer import wait_until
 
 SILENCE = np.zeros(16_000, dtype=np.int16)
 
@@ -38,6 +40,17 @@ async def test_captions_name_each_speaker_in_a_thread_and_files_are_written() ->
     await say(h, bob, "rms-2")
     await h.settle()
     plugin: Transcriber = h.plugin  # type: ignore[assignment]
+    assert re.fullmatch(
+        r"speech engine: [0-2] of 64 utterances waiting \(all calls\), 0 missed in this call"
+        r"(, captions \d+\.\d s after speech \(median\))?",
+        plugin.status() or "",
+    )
+    await wait_until(lambda: len(plugin.latencies) == 2, 60, "both captions")
+    assert re.fullmatch(
+        r"speech engine: 0 of 64 .*, 0 missed in this call, captions \d+\.\d s after speech "
+        r"\(median\)",
+        plugin.status() or "",
+    )
     await h.end()
 
     captions = [(p, t) for p, t in zip(call.posts, call.threads, strict=True) if t]
@@ -126,7 +139,13 @@ async def test_an_overloaded_engine_counts_what_it_missed() -> None:
     plugin.engine.transcribe = busy  # type: ignore[method-assign]
     alice = h.participant("@alice:x")
     await say(h, alice, "slt-1")
+    await h.settle()
+    # !status shows the backlog of the shared engine and what this call missed.
+    assert plugin.status() == (
+        "speech engine: 0 of 64 utterances waiting (all calls), 1 missed in this call"
+    )
     await h.end()
+    assert plugin.status() is None  # not transcribing
     assert "1 utterances missed" in h.posts[-1]
     data = json.loads((h.call.folder / "transcript.json").read_text())
     assert data["missed_utterances"] == {"@alice:x": 1}

@@ -111,6 +111,10 @@ class CallMediaManager:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in room_id.lstrip("!"))
         return self.matrix.data_dir / "calls" / safe
 
+    def rooms(self) -> list[str]:
+        """Rooms whose call the bot has media for."""
+        return list(self._calls)
+
     def media(self, room_id: str) -> CallMedia | None:
         call = self._calls.get(room_id)
         return call[0] if call else None

@@ -2,7 +2,10 @@
 
 The media path calls ``push_*`` synchronously; it never waits on a plugin. Each plugin's
 overflow policy decides what a full queue means (see ``bot.plugin.Overflow``). Participant
-events are never dropped. A plugin that keeps raising is disabled for the call.
+events are kept apart from that bound: joins, leaves and mutes are never dropped (people do
+them at human speed), but a plugin stuck for long would pile up speaking/silent events, so
+past ``MAX_QUEUED_EVENTS`` those are dropped (newest first) and counted. A plugin that keeps
+raising is disabled for the call.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from bot.plugin import (
     AudioWants,
     Gap,
     Overflow,
+    ParticipantChange,
     ParticipantEvent,
     Plugin,
     PluginStats,
@@ -31,6 +35,9 @@ log = logging.getLogger(__name__)
 #: A plugin raising this many times within ERROR_WINDOW_S is disabled for the call.
 MAX_ERRORS = 5
 ERROR_WINDOW_S = 60.0
+#: Participant events queued for one plugin past which speaking/silent ones are dropped.
+MAX_QUEUED_EVENTS = 1000
+_DROPPABLE_EVENTS = (ParticipantChange.SPEAKING, ParticipantChange.SILENT)
 
 Item = AudioFrame | VideoFrame | ParticipantEvent | Gap
 
@@ -55,6 +62,9 @@ class PluginRunner:
         self.stats = PluginStats()
         self._queue: collections.deque[Item] = collections.deque()
         self._frames_queued = 0
+        self._events_queued = 0
+        #: speaking/silent events dropped because too many events were queued
+        self.events_dropped = 0
         self._gaps: dict[tuple[str, str], _PendingGap] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set while the queue is empty and nothing is running
@@ -67,6 +77,15 @@ class PluginRunner:
     @property
     def name(self) -> str:
         return self.plugin.name
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the plugin now (at most ``plugin.queue_size``)."""
+        return self._frames_queued
+
+    @property
+    def events_queued(self) -> int:
+        return self._events_queued
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"plugin-{self.name}")
@@ -104,10 +123,15 @@ class PluginRunner:
         self._wake.set()
 
     def push_event(self, event: ParticipantEvent) -> None:
-        if not self.stats.disabled:
-            self._queue.append(event)
-            self._idle.clear()
-            self._wake.set()
+        if self.stats.disabled:
+            return
+        if self._events_queued >= MAX_QUEUED_EVENTS and event.change in _DROPPABLE_EVENTS:
+            self.events_dropped += 1
+            return
+        self._queue.append(event)
+        self._events_queued += 1
+        self._idle.clear()
+        self._wake.set()
 
     def _drop_oldest_frame(self) -> None:
         for i, item in enumerate(self._queue):
@@ -155,6 +179,8 @@ class PluginRunner:
                 return
             if isinstance(item, (AudioFrame, VideoFrame)):
                 self._frames_queued -= 1
+            elif isinstance(item, ParticipantEvent):
+                self._events_queued -= 1
             if self.stats.disabled:
                 continue
             try:
@@ -184,7 +210,7 @@ class PluginRunner:
         if len(self._errors) >= MAX_ERRORS:
             self.stats.disabled = True
             self._queue.clear()
-            self._frames_queued = 0
+            self._frames_queued = self._events_queued = 0
             log.error(
                 "plugin %s disabled for this call after %d errors", self.name, len(self._errors)
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -214,6 +215,19 @@ class Transcriber(Plugin):
             path = call.folder / f"transcript.{fmt}"
             await call.upload(path, MIMETYPES[fmt], f"Transcript {transcript.origin_utc}.{fmt}")
 
+    def status(self) -> str | None:
+        """The shared engine's backlog, what this call missed, how late captions come."""
+        if self.transcript is None:
+            return None
+        engine, missed = self.engine, sum(self.transcript.missed.values())
+        text = (
+            f"speech engine: {engine.waiting} of {engine.settings.max_queue} utterances "
+            f"waiting (all calls), {missed} missed in this call"
+        )
+        if self.latencies:
+            text += f", captions {statistics.median(self.latencies):.1f} s after speech (median)"
+        return text
+
     # ------------------------------------------------------------------ media
 
     async def on_audio(self, frame: AudioFrame) -> None:
@@ -281,6 +295,23 @@ class Transcriber(Plugin):
                 log.exception("could not post a caption")
                 return
         self.latencies.append(time.monotonic() - utterance.spoken_end)
+
+    def metrics(self) -> dict[str, float]:
+        figures: dict[str, float] = {
+            "transcribing": int(self.transcript is not None),
+            "engine_queue": self.engine.waiting,
+            "engine_refused_total": self.engine.refused,
+        }
+        if self.transcript is not None:
+            figures["lines"] = len(self.transcript.lines)
+            figures["missed_utterances"] = sum(self.transcript.missed.values())
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            for q in (0.5, 0.95):
+                figures[f"caption_latency_p{round(q * 100)}_seconds"] = ordered[
+                    min(len(ordered) - 1, int(q * len(ordered)))
+                ]
+        return figures
 
     def _call(self) -> CallContext:
         if self.call is None:
