@@ -17,6 +17,7 @@ from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage, notice
 from bot.media.calls import CallMediaManager
+from bot.metrics import BotMetrics
 from bot.plugin import Plugin
 from bot.plugin_loader import LoadedPlugin, load_plugins
 from bot.rtc.autoleave import AutoLeave, AutoLeavePolicy
@@ -45,6 +46,7 @@ class CallBot:
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
         self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
         self.media = CallMediaManager(self.matrix, self.rtc, self.optouts)
+        self.metrics = BotMetrics(self.matrix, self.rtc, self.media)
         self.call_commands = CallCommands(self.rtc, self.media.e2ee_state, self.media.plugin_lines)
         self.auto_leave = (
             AutoLeave(
@@ -123,6 +125,8 @@ class CallBot:
 
     async def start(self) -> None:
         await self.matrix.start()
+        if self.config.metrics.address:
+            await self.metrics.serve(self.config.metrics.address)
         for cls in self._plugin_classes:
             try:
                 await cls.on_bot_start(self.config.bot.data_dir, self._post)
@@ -147,6 +151,7 @@ class CallBot:
         if self.matrix.started:
             await self.rtc.stop()
         await self.matrix.stop()
+        await self.metrics.close()
         log.info("stopped")
 
     async def run(self) -> int:

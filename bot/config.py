@@ -117,6 +117,21 @@ def _ws_url(v: str | None) -> str | None:
     return None
 
 
+def _listen_address(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if v and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+        return f"must be HOST:PORT like '127.0.0.1:9464' (or empty: off), got {v!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (/metrics) and a health check (/health) over HTTP."""
+
+    #: Where to serve them, e.g. "127.0.0.1:9464"; empty (the default): not served.
+    address: str = _check(_listen_address, default="")
+
+
 @dataclass(frozen=True)
 class RtcConfig:
     """Joining calls (MatrixRTC)."""
@@ -225,6 +240,7 @@ class Config:
     commands: dict[str, CommandConfig] = field(default_factory=dict)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def allowed_user_globs(self) -> tuple[str, ...]:

@@ -78,6 +78,15 @@ async def test_captions_name_the_right_speaker(
             assert c["body"].startswith(f"{name}: "), c["body"]
             assert word_error_rate(text, c["body"][len(name) + 2 :]) < 0.25, c["body"]
 
+        metrics = s.bot.metrics.render().decode()
+        room_label = f'room="{s.room}"'
+        assert f"callbot_participants{{{room_label}}} 2.0" in metrics
+        assert f'callbot_plugin_frames_delivered_total{{plugin="transcriber",{room_label}}}' in (
+            metrics
+        )
+        assert f"callbot_transcriber_caption_latency_p50_seconds{{{room_label}}}" in metrics
+        assert f"callbot_transcriber_lines{{{room_label}}} 3.0" in metrics
+
         await transcriber.stop()
         await s.alice.wait_event(
             lambda e: e["event"] == "message" and e["msgtype"] == "m.file",

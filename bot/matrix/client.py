@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class MatrixClient:
         self.cfg = cfg
         self.data_dir = data_dir
         self._nio: nio.AsyncClient | None = None
+        #: monotonic time of the last sync response (None before the first)
+        self.last_sync: float | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._on_message: MessageHandler | None = None
         self._on_invite: InviteHandler | None = None
@@ -147,6 +150,7 @@ class MatrixClient:
         self._spawn(self._on_invite(room.room_id, event.sender), room.room_id)
 
     async def _sync_cb(self, response: nio.SyncResponse) -> None:
+        self.last_sync = time.monotonic()
         for handler in self._sync_handlers:
             try:
                 handler(response)

@@ -199,6 +199,10 @@ class CallMedia:
 
     # ------------------------------------------------------------------ E2EE diagnostics
 
+    def undecryptable(self) -> int:
+        """Participants whose media does not decrypt now (missing key, failures)."""
+        return sum(state in _BAD_STATES for state in self.e2ee_states.values())
+
     def e2ee_state(self, identity: str) -> str | None:
         """How decrypting this participant's media goes, in words (None: nothing seen yet)."""
         state = self.e2ee_states.get(identity)

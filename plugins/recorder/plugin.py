@@ -285,6 +285,18 @@ class Recorder(Plugin):
             if track is not None:
                 track.left_at = round(event.timestamp - rec.started_at, 3)
 
+    def metrics(self) -> dict[str, float]:
+        rec = self.recording
+        if rec is None:
+            return {"recording": 0}
+        writers = [rec.mix, *(t.writer for t in rec.tracks.values()), *rec.videos.values()]
+        return {
+            "recording": 1,
+            "bytes_written": sum(_size(w.path) for w in writers),
+            "participants_recorded": len(rec.tracks),
+            "frames_lost": sum(g["frames"] for g in rec.gaps),
+        }
+
     # ------------------------------------------------------------------ meta
 
     def _write_meta(self, complete: bool, rec: _Recording | None = None) -> None:
@@ -338,6 +350,13 @@ def interrupted_recordings(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
         if isinstance(meta, dict) and meta.get("complete") is False and "room_id" in meta:
             found.append((meta_path, meta))
     return found
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
