@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import math
 import re
+import signal
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from bot.plugin import (
 from bot.rtc.identity import livekit_room_alias
 from bot.rtc.session import MatrixRTCSession
 from tests import lkclient
+from tests.botproc import BotProcess
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
 from tests.peer import wait_until
@@ -474,16 +477,13 @@ async def test_recordings_of_two_people_line_up(
     assert level(mix[tail], 440) > 0.1 * level(mix[tail], 660) > 0
 
 
-async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
-    synapse: Synapse, sfu: DevSfu, tmp_path: Path
-) -> None:
-    """The real `callbot run` records, is SIGKILLed, and on restart finalizes the recording."""
-    import json
-    import signal
-
-    from tests.botproc import BotProcess
-    from tests.test_recorder import decode, level
-
+@contextlib.asynccontextmanager
+async def recording_bot_process(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path, plugins: tuple[str, ...] = ("recorder",)
+) -> AsyncIterator[tuple[BotProcess, Path, JsPeer, str]]:
+    """The real `callbot run` in alice's encrypted call, hearing her 440 Hz tone, after she
+    typed `!join` and `!record start` (and `!transcribe start` with the transcriber).
+    (the bot, its config, alice, the room)"""
     account = synapse.register("bot")
     cfg = tmp_path / "config.toml"
     cfg.write_text(
@@ -491,7 +491,7 @@ async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
         f'password = "{account.password}"\n[bot]\ndata_dir = "data"\n'
         '[logging]\nformat = "json"\n'
         f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n'
-        '[plugins]\nenabled = ["recorder"]\n[plugins.recorder]\nupload_mixed = false\n'
+        f"[plugins]\nenabled = {list(plugins)!r}\n[plugins.recorder]\nupload_mixed = false\n"
     )
     async with js_peer(synapse, tmp_path, "alice") as alice:
         bot = await BotProcess(cfg).start()
@@ -520,34 +520,83 @@ async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
                 TIMEOUT,
                 "recording",
             )
-            await asyncio.sleep(3.0)
-            await bot.stop(signal.SIGKILL)
-            (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
-            meta = json.loads((folder / "meta.json").read_text())
-            assert meta["complete"] is False
-            alice_file = next(p for p in folder.glob("alice*.ogg"))
-            # The real process writes with umask 077: only the bot's user can read anything.
-            assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in folder.iterdir())
-            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
-            samples = decode(alice_file)  # playable after the kill
-            assert samples.size / 48_000 > 1.5
-            assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
-
-            again = await BotProcess(cfg).start()
-            try:
+            if "transcriber" in plugins:
+                await alice.call("send_text", room_id=room, body="!transcribe start")
                 await wait_until(
-                    lambda: any(
-                        e["msg"].startswith("finalized the interrupted") for e in again.entries
-                    ),
+                    lambda: any(e["msg"].startswith("transcribing") for e in bot.entries),
                     TIMEOUT,
-                    "the restart to finalize the recording",
+                    "transcribing",
                 )
-                meta = json.loads((folder / "meta.json").read_text())
-                assert meta["complete"] is True and meta["interrupted"] is True
-            finally:
-                assert await again.stop() == 0
+            yield bot, cfg, alice, room
             await tone.stop()
             await lk.close()
         finally:
             if bot.proc and bot.proc.returncode is None:
                 await bot.stop(signal.SIGKILL)
+
+
+async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """The real `callbot run` records, is SIGKILLed, and on restart finalizes the recording."""
+    from tests.test_recorder import decode, level
+
+    async with recording_bot_process(synapse, sfu, tmp_path) as (bot, cfg, _, _):
+        await asyncio.sleep(3.0)
+        await bot.stop(signal.SIGKILL)
+        (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["complete"] is False
+        alice_file = next(p for p in folder.glob("alice*.ogg"))
+        # The real process writes with umask 077: only the bot's user can read anything.
+        assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in folder.iterdir())
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        samples = decode(alice_file)  # playable after the kill
+        assert samples.size / 48_000 > 1.5
+        assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
+
+        again = await BotProcess(cfg).start()
+        try:
+            await wait_until(
+                lambda: any(
+                    e["msg"].startswith("finalized the interrupted") for e in again.entries
+                ),
+                TIMEOUT,
+                "the restart to finalize the recording",
+            )
+            meta = json.loads((folder / "meta.json").read_text())
+            assert meta["complete"] is True and meta["interrupted"] is True
+        finally:
+            assert await again.stop() == 0
+
+
+async def test_sigterm_finishes_the_files_and_leaves_the_call(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """SIGTERM: the recording and the transcript are finished and the bot leaves at once
+    (not through its delayed leave event, 10 s later)."""
+    async with recording_bot_process(synapse, sfu, tmp_path, ("recorder", "transcriber")) as (
+        bot,
+        _,
+        alice,
+        room,
+    ):
+        await asyncio.sleep(2.0)
+        mark = alice.mark()
+        t0 = asyncio.get_running_loop().time()
+        assert await bot.stop(signal.SIGTERM) == 0
+        await alice.wait_event(
+            lambda e: (
+                e["event"] == "memberships"
+                and e["room_id"] == room
+                and all(m["user_id"] == alice.user_id for m in e["members"])
+            ),
+            TIMEOUT,
+            since=mark,
+        )
+        assert asyncio.get_running_loop().time() - t0 < 8.0
+        (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["complete"] is True and "interrupted" not in meta
+        assert json.loads((folder / "transcript.json").read_text())["segments"] == []
+        assert stat.S_IMODE((folder / "transcript.txt").stat().st_mode) == 0o600
