@@ -22,5 +22,7 @@ RUN pip install .
 
 USER callbot
 VOLUME ["/data"]
+# /metrics and /health, when [metrics] address = "0.0.0.0:9464"
+EXPOSE 9464
 ENTRYPOINT ["callbot"]
 CMD ["run", "-c", "/config/config.toml"]
