@@ -30,6 +30,9 @@ from bot.schedule.timezones import RoomTimezones
 
 log = logging.getLogger(__name__)
 
+#: How long a plugin command waits for the plugins of a call the bot has just joined.
+PLUGIN_START_WAIT_S = 15.0
+
 
 class CallBot:
     """One bot account: its Matrix connection, commands, calls and their plugins.
@@ -88,9 +91,17 @@ class CallBot:
         self.media.add_plugin(plugin.make, plugin.rooms)
         self.registry.register_plugin_class(
             plugin.cls,
-            lambda room_id, cls=plugin.cls: self.media.instance(room_id, cls),
+            lambda room_id, cls=plugin.cls: self._plugin_in_call(room_id, cls),
             f"I am not in this room's call; type {self.config.bot.command_prefix}join first.",
         )
+
+    async def _plugin_in_call(self, room_id: str, cls: type[Plugin]) -> Plugin | None:
+        """The plugin's instance in the room's call. Right after joining, plugins are still
+        starting: wait for them, so "!join" then "!record start" just works."""
+        session = self.rtc.get_room_session(room_id)
+        if session.is_joined or session.joining:
+            await self.media.wait_ready(room_id, PLUGIN_START_WAIT_S)
+        return self.media.instance(room_id, cls)
 
     def _add_scheduling(self, config: Config) -> None:
         sc = config.schedule

@@ -180,10 +180,13 @@ class CommandRegistry:
         return added
 
     def register_plugin_class(
-        self, cls: type, instance_for: Callable[[str], object | None], missing: str
+        self,
+        cls: type,
+        instance_for: Callable[[str], Awaitable[object | None]],
+        missing: str,
     ) -> list[Command]:
         """Add a plugin class's ``@command`` methods; each runs on the plugin instance of the
-        call in the command's room (``instance_for(room_id)``), or replies ``missing``."""
+        call in the command's room (``await instance_for(room_id)``), or replies ``missing``."""
         from bot.errors import CommandError
 
         added = []
@@ -194,7 +197,7 @@ class CommandRegistry:
                 continue
 
             async def handler(ctx: CommandContext, _fn: Any = fn, **kwargs: Any) -> None:
-                target = instance_for(ctx.room_id)
+                target = await instance_for(ctx.room_id)
                 if target is None:
                     raise CommandError(missing)
                 await _fn(target, ctx, **kwargs)

@@ -111,6 +111,8 @@ class MatrixRTCSession:
         self._state_events: Mapping[Any, Mapping[str, Any]] = {}
         self._joined_users: frozenset[str] = frozenset()
         self._ctx = context(room=room_id)
+        #: a join() is under way (commands typed meanwhile wait for it)
+        self.joining = False
 
     # ------------------------------------------------------------------ members
 
@@ -197,14 +199,18 @@ class MatrixRTCSession:
         """
         if self.is_joined and self.sfu is not None:
             return self.sfu
-        if self._slots is not None:
-            await self._slots.acquire(self.room_id, on_queued)
+        self.joining = True
         try:
-            return await self._join(foci)
-        except BaseException:
-            if self._slots is not None and not self.is_joined:
-                self._slots.release(self.room_id)
-            raise
+            if self._slots is not None:
+                await self._slots.acquire(self.room_id, on_queued)
+            try:
+                return await self._join(foci)
+            except BaseException:
+                if self._slots is not None and not self.is_joined:
+                    self._slots.release(self.room_id)
+                raise
+        finally:
+            self.joining = False
 
     async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
         member_id = await self._manager.prepare()
