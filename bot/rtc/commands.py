@@ -69,16 +69,22 @@ class CallCommands:
     async def _join(
         self, ctx: CommandContext, session: MatrixRTCSession, on_queued: OnQueued
     ) -> None:
+        me = session.client.user_id
+
+        def others() -> int:
+            return sum(m.user_id != me for m in session.memberships)
+
+        # Counted before joining: our own membership may come back from the sync before we
+        # reply, and must not make it look as if someone else had started the call.
+        started = "Started" if not others() else "Joined"
         try:
             access = await session.join(on_queued=on_queued)
         except JoinCancelled:
             return  # withdrawn by !leave, which said so
         except (RtcError, MatrixHttpError) as e:
             raise CommandError(str(e)) from None
-        others = len([m for m in session.memberships if m.user_id != ctx.sender]) or 0
-        started = "Started" if not session.memberships else "Joined"
         service = access.transport.get("livekit_service_url", "?")
-        await ctx.reply(f"{started} the call (SFU via {service}; {others} other members).")
+        await ctx.reply(f"{started} the call (SFU via {service}; {others()} other members).")
 
     def _queued_done(self, ctx: CommandContext) -> Callable[[asyncio.Task[Any]], None]:
         """A queued join ended: say why, if it failed (the reply of success is sent)."""
