@@ -151,6 +151,20 @@ class Scene:
         await wait_until(lambda: heard(self.listener, self.alice.user_id, 440), TIMEOUT, "440")
         return tone, stop, feeder
 
+    async def bring_in(self, peer: JsPeer, sfu: DevSfu) -> lkclient.Client:
+        """Alice invites ``peer``, who joins the room and the call; their media client, with
+        their own key (from their matrix-js-sdk) installed."""
+        await self.alice.call("invite", room_id=self.room, user_id=peer.user_id)
+        await peer.call("join_room", room_id=self.room)
+        focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+        await peer.call("rtc_join", room_id=self.room, foci=focus)
+        lk = await lkclient.connect(
+            sfu.url, peer.identity, livekit_room_alias(self.room, "m.call#ROOM"), keys={}
+        )
+        own = await peer.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
+        lk.set_key(peer.identity, base64.b64decode(own["key"]), own["index"])
+        return lk
+
     def install(self, event: dict, identity: str) -> None:
         self.lk.set_key(identity, base64.b64decode(event["key"]), event["index"])
 
@@ -441,15 +455,7 @@ async def test_recordings_of_two_people_line_up(
     ):
         alice_tone = lkclient.Tone(440)
         await alice_tone.publish(s.lk)
-        await s.alice.call("invite", room_id=s.room, user_id=bob.user_id)
-        await bob.call("join_room", room_id=s.room)
-        focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
-        await bob.call("rtc_join", room_id=s.room, foci=focus)
-        bob_lk = await lkclient.connect(
-            sfu.url, bob.identity, livekit_room_alias(s.room, "m.call#ROOM"), keys={}
-        )
-        own = await bob.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
-        bob_lk.set_key(bob.identity, base64.b64decode(own["key"]), own["index"])
+        bob_lk = await s.bring_in(bob, sfu)
         await wait_until(lambda: heard(s.listener, s.alice.user_id, 440), TIMEOUT, "alice")
         await recorder.start()
         await asyncio.sleep(1.0)

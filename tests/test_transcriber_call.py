@@ -3,12 +3,10 @@ captions, seen by a matrix-js-sdk client, name the right speaker for each senten
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
 from bot.devsfu.server import DevSfu
-from bot.rtc.identity import livekit_room_alias
 from plugins.transcriber.plugin import Transcriber, TranscriberConfig
 from plugins.transcriber.samples import samples, word_error_rate
 from tests import lkclient
@@ -25,15 +23,7 @@ async def test_captions_name_the_right_speaker(
         scene(synapse, sfu, tmp_path, (transcriber,)) as s,
         js_peer(synapse, tmp_path, "bob") as bob,
     ):
-        await s.alice.call("invite", room_id=s.room, user_id=bob.user_id)
-        await bob.call("join_room", room_id=s.room)
-        focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
-        await bob.call("rtc_join", room_id=s.room, foci=focus)
-        bob_lk = await lkclient.connect(
-            sfu.url, bob.identity, livekit_room_alias(s.room, "m.call#ROOM"), keys={}
-        )
-        own = await bob.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
-        bob_lk.set_key(bob.identity, base64.b64decode(own["key"]), own["index"])
+        bob_lk = await s.bring_in(bob, sfu)
         alice_mic, bob_mic = lkclient.Speech(), lkclient.Speech()
         await alice_mic.publish(s.lk)
         await bob_mic.publish(bob_lk)
