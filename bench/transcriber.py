@@ -1,0 +1,168 @@
+"""The transcriber with tiny.en int8 on this machine: accuracy, caption latency, capacity.
+
+    .venv/bin/python -m bench.transcriber [--speakers 1,2,4,6,8] [--seconds 40]
+
+1. Word error rate on the shipped samples: live (utterance by utterance, as in a call) and
+   offline (whole files, as ``callbot transcribe`` does).
+2. For N simultaneous speakers, each saying the samples in a loop with 1 s pauses, fed in real
+   time (20 ms frames) through the real router, VAD and shared engine: the latency from the
+   end of each utterance (its last speech arriving) to its caption being posted (the bot's
+   Matrix client sending it, encrypted, in a thread of a room on a real Synapse, with one
+   other member), median and p95, and utterances missed. N keeps up if nothing is missed and
+   the latency does not grow during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import run_with_synapse
+from bot.config import parse_config
+from bot.matrix.client import MatrixClient
+from bot.matrix.messages import edit, in_reply, notice
+from bot.plugin import AudioFrame
+from bot.testing import FakeCall, PluginHarness
+from plugins.transcriber.engine import EngineSettings, SpeechEngine
+from plugins.transcriber.plugin import Transcriber, TranscriberConfig
+from plugins.transcriber.samples import samples, word_error_rate
+from tests.peer import Peer
+from tests.synapse import Synapse
+
+RATE = 16_000
+FRAME = 320
+
+
+def wer_figures() -> None:
+    engine = SpeechEngine(EngineSettings())
+    for mode in ("live", "offline"):
+        errors = words = 0
+        busy = audio_s = 0.0
+        for sample in samples().values():
+            audio = sample.pcm(RATE).astype(np.float32) / 32768
+            if mode == "offline":  # the way a recording's file looks: silence around it
+                pad = np.zeros(RATE, np.float32)
+                audio = np.concatenate([pad, audio, pad])
+            t = time.perf_counter()
+            text = " ".join(r.text for r in engine.recognize(audio, vad_filter=mode == "offline"))
+            busy += time.perf_counter() - t
+            audio_s += sample.seconds
+            n = len(sample.text.split())
+            errors += round(word_error_rate(sample.text, text) * n)
+            words += n
+        print(
+            f"WER {mode:7s}: {errors / words:5.1%} ({errors}/{words} words), "
+            f"compute {busy / len(samples()):.2f} s per sentence, RTF {busy / audio_s:.3f}"
+        )
+    engine.close()
+
+
+class MatrixCall(FakeCall):
+    """Posts for real: the bot's Matrix client, in an encrypted room."""
+
+    def __init__(self, matrix: MatrixClient, room_id: str) -> None:
+        super().__init__(room_id)
+        self.matrix = matrix
+
+    async def post(self, text: str, html: str | None = None, thread: str | None = None) -> str:
+        content = notice(text, html)
+        if thread is not None:
+            content = in_reply(content, thread, thread, "thread")
+        return await self.matrix.send(self.room_id, content)
+
+    async def edit(self, event_id: str, text: str, html: str | None = None) -> str:
+        return await self.matrix.send(self.room_id, edit(event_id, notice(text, html)))
+
+
+async def speakers(n: int, seconds: float, call: FakeCall) -> None:
+    plugin = Transcriber(TranscriberConfig(upload=()))
+    plugin.engine = SpeechEngine(plugin.config.engine_settings())  # fresh counters
+    h = PluginHarness(plugin, call)
+    await h.start()
+    await plugin.start()
+    people = [h.participant(f"@p{i}:x", f"D{i}", f"P{i}") for i in range(n)]
+    said = [s.pcm(RATE) for s in samples().values()]
+    pause = np.zeros(RATE, dtype=np.int16)
+    streams = []
+    for i in range(n):  # each speaker starts elsewhere in the list and a little later
+        order = said[i % len(said) :] + said[: i % len(said)]
+        lead = np.zeros(RATE * i // max(1, n), dtype=np.int16)
+        streams.append(np.concatenate([lead, *[x for s in order for x in (s, pause)]] * 4))
+    frames = int(seconds * RATE / FRAME)
+    wants = Transcriber.audio
+    start = time.monotonic()
+    cpu0 = time.process_time()
+    for k in range(frames):
+        t = k * FRAME / RATE
+        for who, stream in zip(people, streams, strict=True):
+            pcm = stream[k * FRAME : (k + 1) * FRAME].reshape(-1, 1)
+            if pcm.shape[0] == FRAME:
+                h.router.push_audio(wants, AudioFrame(who, pcm, RATE, t))
+        delay = start + (k + 1) * FRAME / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    cpu = time.process_time() - cpu0
+    lat = list(plugin.latencies)
+    await h.end()
+    missed = plugin.engine.refused
+    if not lat:
+        print(f"{n} speakers: no captions")
+        return
+    q = statistics.quantiles(lat, n=20) if len(lat) > 1 else lat * 19
+    third = max(1, len(lat) // 3)
+    print(
+        f"{n} speakers: {len(lat)} captions, latency median {statistics.median(lat):.2f} s, "
+        f"p95 {q[18]:.2f} s, first third median {statistics.median(lat[:third]):.2f} s, "
+        f"last third median {statistics.median(lat[-third:]):.2f} s, missed {missed}, "
+        f"CPU {cpu / seconds:.0%} of one core"
+    )
+
+
+async def in_a_room(synapse: Synapse, work: Path, counts: list[int], seconds: float) -> None:
+    account = synapse.register("bot")
+    cfg = parse_config(
+        {
+            "matrix": {
+                "homeserver": synapse.url,
+                "user_id": account.user_id,
+                "password": account.password,
+            },
+            "bot": {"data_dir": str(work / "bot")},
+        },
+        base_dir=work,
+        environ={},
+    )
+    matrix = MatrixClient(cfg.matrix, cfg.bot.data_dir)
+    await matrix.start()
+    alice = await Peer(synapse.url, synapse.register("alice"), work / "alice").start()
+    try:
+        room = await alice.create_room(invite=[account.user_id])
+        await matrix.join(room)
+        await alice.wait_member(room, account.user_id)
+        while room not in matrix.nio.rooms:  # the bot's next sync
+            await asyncio.sleep(0.05)
+        await matrix.send(room, notice("warm-up: sharing the room key"))
+        for n in counts:
+            await speakers(n, seconds, MatrixCall(matrix, room))
+    finally:
+        await alice.stop()
+        await matrix.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--speakers", default="1,2,4,6,8")
+    parser.add_argument("--seconds", type=float, default=40.0)
+    args = parser.parse_args()
+    wer_figures()
+    counts = [int(x) for x in args.speakers.split(",")]
+    run_with_synapse(lambda synapse, work: in_a_room(synapse, work, counts, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
