@@ -18,6 +18,7 @@ import numpy as np
 from livekit import rtc
 
 from bot.log import context
+from bot.media.clock import StreamClock
 from bot.media.connection import MediaConnection
 from bot.media.outputs import AudioOutput, VideoOutput
 from bot.media.router import FrameRouter
@@ -289,15 +290,14 @@ class CallMedia:
             num_channels=wants.channels,
             frame_size_ms=wants.frame_ms,
         )
+        clock = StreamClock(wants.sample_rate)
         try:
             async for event in stream:
                 frame = event.frame
                 pcm = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, wants.channels)
-                duration = pcm.shape[0] / wants.sample_rate
                 now = self.now()
-                self.router.push_audio(
-                    wants, AudioFrame(who, pcm.copy(), wants.sample_rate, now - duration)
-                )
+                start = clock.start_of(pcm.shape[0], now)
+                self.router.push_audio(wants, AudioFrame(who, pcm.copy(), wants.sample_rate, start))
                 if detect:
                     self._detect_speech(who, pcm, now)
         finally:
