@@ -129,14 +129,17 @@ async def test_nothing_said_writes_an_empty_transcript_and_uploads_nothing() -> 
     assert (h.call.folder / "transcript.vtt").read_text() == "WEBVTT\n\n"
 
 
-async def test_an_overloaded_engine_counts_what_it_missed() -> None:
+async def test_an_overloaded_engine_counts_what_it_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     h = await started(TranscriberConfig(upload=()))
     plugin: Transcriber = h.plugin  # type: ignore[assignment]
 
     async def busy(audio: np.ndarray) -> list:
         raise EngineBusy("full")
 
-    plugin.engine.transcribe = busy  # type: ignore[method-assign]
+    # The engine is the process's shared one: monkeypatch puts it back afterwards.
+    monkeypatch.setattr(plugin.engine, "transcribe", busy)
     alice = h.participant("@alice:x")
     await say(h, alice, "slt-1")
     await h.settle()
