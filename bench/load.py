@@ -369,7 +369,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     done += bool(json.loads(m.read_text()).get("complete"))
             return done == args.calls
 
-        await until(complete, "the recordings to be finished")
+        with contextlib.suppress(TimeoutError):
+            await until(complete, "the recordings to be finished", 120)
+        result["recordings_unfinished"] = sum(
+            not json.loads(m.read_text()).get("complete") for m in metas()
+        )
         await asyncio.sleep(3.0)
         result["rss_idle_after_mb"] = round(rss_mb(bot.pid), 1)
         speakers = {(i, r) for i, r in slots}
@@ -432,6 +436,8 @@ def report(r: dict[str, Any]) -> None:
         "bot CPU by thread: "
         + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["bot_threads_cores"].items())
     )
+    if r["recordings_unfinished"]:
+        print(f"recordings not finished 120 s after !leave: {r['recordings_unfinished']}")
     print(f"participants' own underruns in the window (generator starved): {r['sender_underruns']}")
     print(
         f"!status at the end: {r['status_dropped']} frames dropped by all plugins, longest "

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: A plugin raising this many times within ERROR_WINDOW_S is disabled for the call.
 MAX_ERRORS = 5
 ERROR_WINDOW_S = 60.0
+#: How long a plugin may take to finish its queue when the call ends (LOSSLESS ones: longer).
+STOP_S = 5.0
+LOSSLESS_STOP_S = 30.0
 #: Participant events queued for one plugin past which speaking/silent ones are dropped.
 MAX_QUEUED_EVENTS = 1000
 _DROPPABLE_EVENTS = (ParticipantChange.SPEAKING, ParticipantChange.SILENT)
@@ -90,10 +93,14 @@ class PluginRunner:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"plugin-{self.name}")
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
-        """Deliver what is queued, then stop; a plugin stuck longer than that is cancelled."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Deliver what is queued, then stop; a plugin stuck longer than that is cancelled.
+        By default a LOSSLESS plugin gets longer: a busy machine must not cut a recording."""
         if self._task is None:
             return
+        if timeout_s is None:
+            lossless = self.plugin.overflow is Overflow.LOSSLESS
+            timeout_s = LOSSLESS_STOP_S if lossless else STOP_S
         self._queue.append(_STOP)  # type: ignore[arg-type]
         self._wake.set()
         done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
@@ -234,7 +241,7 @@ class FrameRouter:
         runner.start()
         return runner
 
-    async def stop(self, timeout_s: float = 5.0) -> None:
+    async def stop(self, timeout_s: float | None = None) -> None:
         await asyncio.gather(*(r.stop(timeout_s) for r in self.runners))
 
     def audio_wants(self) -> set[AudioWants]:
