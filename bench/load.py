@@ -77,7 +77,11 @@ def cpu_s_of(stat_path: Path) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """VmRSS in MiB (0 if the process is gone)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return 0.0
+    for line in status.read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
@@ -376,6 +380,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         await asyncio.sleep(3.0)
         result["rss_idle_after_mb"] = round(rss_mb(bot.pid), 1)
+        result["bot_exit_code"] = bot.returncode  # None: still running, as it should be
         speakers = {(i, r) for i, r in slots}
         ids = {a.user_id: i for i, a in enumerate(accounts)}
         result["recordings"] = await asyncio.to_thread(
@@ -436,6 +441,8 @@ def report(r: dict[str, Any]) -> None:
         "bot CPU by thread: "
         + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["bot_threads_cores"].items())
     )
+    if r["bot_exit_code"] is not None:
+        print(f"THE BOT EXITED after !leave, with {r['bot_exit_code']}")
     if r["recordings_unfinished"]:
         print(f"recordings not finished 120 s after !leave: {r['recordings_unfinished']}")
     print(f"participants' own underruns in the window (generator starved): {r['sender_underruns']}")
