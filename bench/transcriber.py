@@ -31,7 +31,7 @@ from bot.testing import FakeCall, PluginHarness
 from plugins.transcriber.engine import EngineSettings, SpeechEngine
 from plugins.transcriber.plugin import Transcriber, TranscriberConfig
 from plugins.transcriber.samples import samples, word_error_rate
-from tests.peer import Peer
+from tests.peer import Peer, wait_until
 from tests.synapse import Synapse
 
 RATE = 16_000
@@ -144,8 +144,7 @@ async def in_a_room(synapse: Synapse, work: Path, counts: list[int], seconds: fl
         room = await alice.create_room(invite=[account.user_id])
         await matrix.join(room)
         await alice.wait_member(room, account.user_id)
-        while room not in matrix.nio.rooms:  # the bot's next sync
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: room in matrix.nio.rooms, 20, "the bot's sync of the room")
         await matrix.send(room, notice("warm-up: sharing the room key"))
         for n in counts:
             await speakers(n, seconds, MatrixCall(matrix, room))
