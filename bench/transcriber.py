@@ -79,8 +79,8 @@ class MatrixCall(FakeCall):
         return await self.matrix.send(self.room_id, edit(event_id, notice(text, html)))
 
 
-async def speakers(n: int, seconds: float, call: FakeCall) -> None:
-    plugin = Transcriber(TranscriberConfig(upload=()))
+async def speakers(n: int, seconds: float, call: FakeCall, threads: int) -> None:
+    plugin = Transcriber(TranscriberConfig(upload=(), cpu_threads=threads))
     plugin.engine = SpeechEngine(plugin.config.engine_settings())  # fresh counters
     h = PluginHarness(plugin, call)
     await h.start()
@@ -123,7 +123,9 @@ async def speakers(n: int, seconds: float, call: FakeCall) -> None:
     )
 
 
-async def in_a_room(synapse: Synapse, work: Path, counts: list[int], seconds: float) -> None:
+async def in_a_room(
+    synapse: Synapse, work: Path, counts: list[int], seconds: float, threads: int
+) -> None:
     account = synapse.register("bot")
     cfg = parse_config(
         {
@@ -147,7 +149,7 @@ async def in_a_room(synapse: Synapse, work: Path, counts: list[int], seconds: fl
         await wait_until(lambda: room in matrix.nio.rooms, 20, "the bot's sync of the room")
         await matrix.send(room, notice("warm-up: sharing the room key"))
         for n in counts:
-            await speakers(n, seconds, MatrixCall(matrix, room))
+            await speakers(n, seconds, MatrixCall(matrix, room), threads)
     finally:
         await alice.stop()
         await matrix.stop()
@@ -157,10 +159,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--speakers", default="1,2,4,6,8")
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument("--threads", type=int, default=2, help="cpu_threads of the model")
     args = parser.parse_args()
     wer_figures()
     counts = [int(x) for x in args.speakers.split(",")]
-    run_with_synapse(lambda synapse, work: in_a_room(synapse, work, counts, args.seconds))
+    print(f"cpu_threads={args.threads}")
+    run_with_synapse(
+        lambda synapse, work: in_a_room(synapse, work, counts, args.seconds, args.threads)
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,10 @@ class EngineSettings:
     model: str = BUNDLED
     device: str = "cpu"  # "cpu", "cuda" or "auto"
     compute_type: str = "int8"
-    #: Threads per worker. One is no slower than two for tiny.en on these machines, and
-    #: leaves a core for media.
-    cpu_threads: int = 1
+    #: Threads per worker (0: CTranslate2's default). Two made a short utterance take 0.39 s
+    #: instead of 0.54 s on a 2-core machine, and kept up with more speakers
+    #: (docs/benchmarks.md); batching utterances gained nothing on a CPU.
+    cpu_threads: int = 2
     #: Utterances transcribed at the same time (each worker holds its own buffers).
     workers: int = 1
     language: str | None = "en"

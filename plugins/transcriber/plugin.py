@@ -72,7 +72,7 @@ class TranscriberConfig:
     model: str = BUNDLED
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = 1
+    cpu_threads: int = 2
     workers: int = 1
     #: Spoken language ("en", "de", ...), or "auto" to detect it per utterance (not with .en
     #: models).
