@@ -186,8 +186,9 @@ class Segmenter:
 
     def _utterance(self, audio: np.ndarray, start_sample: int, trailing: int) -> Utterance:
         start = self._origin + start_sample / RATE
-        # The speech ended ``trailing`` samples ago (the silence that ended it).
-        spoken_end = time.monotonic() - max(0, trailing - self._pad) / RATE
+        # The speech ended ``trailing`` samples ago: the silence that ended it (of which the
+        # utterance keeps ``pad`` as its tail).
+        spoken_end = time.monotonic() - trailing / RATE
         return Utterance(audio, start, start + audio.size / RATE, spoken_end)
 
 
