@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import av
@@ -17,6 +19,7 @@ from bot.errors import CommandError
 from bot.plugin import AudioFrame, Participant
 from bot.testing import FakeCall, PluginHarness
 from plugins.recorder.mixer import MixBuffer
+from plugins.recorder.ogg import OpusOggWriter
 from plugins.recorder.plugin import RATE, Recorder, RecorderConfig
 from plugins.recorder.timeline import TrackTimeline
 
@@ -219,3 +222,41 @@ async def test_first_recording_goes_into_the_call_folder_and_a_second_beside_it(
     assert call.folder in folders
     assert len(folders) == 2
     assert all((f / "meta.json").exists() for f in folders)
+
+
+async def test_a_cancelled_write_never_shares_a_writer_with_the_end_of_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write whose coroutine is cancelled (a call ending on a busy machine) goes on in its
+    thread; the end of the recording must wait for it (libopus aborts the process when two
+    threads use one encoder)."""
+    active = overlaps = 0
+    real_write = OpusOggWriter.write
+
+    def watched_write(self: OpusOggWriter, pcm: np.ndarray) -> None:
+        nonlocal active, overlaps
+        active += 1
+        overlaps += active > 1
+        time.sleep(0.005)
+        try:
+            real_write(self, pcm)
+        finally:
+            active -= 1
+
+    monkeypatch.setattr(OpusOggWriter, "write", watched_write)
+    call = FakeCall(files_dir=tmp_path)
+    h = PluginHarness(Recorder(RecorderConfig(upload_mixed=False)), call)
+    await h.start()
+    alice = h.participant("@alice:x", "A")
+    recorder: Recorder = h.plugin  # type: ignore[assignment]
+    await recorder.start()
+    rec = recorder.recording
+    assert rec is not None
+    frames = [AudioFrame(alice, tone(440, i * FRAME), RATE, i * FRAME / RATE) for i in range(100)]
+    write = asyncio.create_task(call.run_blocking(recorder._write_batch, rec, frames))
+    await asyncio.sleep(0.05)  # its thread is writing now
+    write.cancel()
+    await recorder.stop()
+    assert overlaps == 0
+    meta = json.loads((call.folder / "meta.json").read_text())
+    assert meta["complete"] is True

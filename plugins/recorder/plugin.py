@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class _Recording:
     latest: float = 0.0
     pending: list[AudioFrame] = field(default_factory=list)
     videos: dict[str, Vp8WebmWriter] = field(default_factory=dict)
+    #: Held by whichever worker thread touches the writers. A write whose coroutine was
+    #: cancelled (the call ended) still runs in its thread; two threads in one libopus
+    #: encoder abort the whole process (seen under load: silk/resampler.c assertion).
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    closed: bool = False
 
 
 class Recorder(Plugin):
@@ -198,13 +204,15 @@ class Recorder(Plugin):
             )
 
     def _finish(self, rec: _Recording) -> None:
-        self._flush_mix(rec, final=True)
-        rec.mix.close()
-        for track in rec.tracks.values():
-            track.writer.close()
-        for video in rec.videos.values():
-            video.close()
-        self._write_meta(True, rec)
+        with rec.lock:
+            rec.closed = True
+            self._flush_mix(rec, final=True)
+            rec.mix.close()
+            for track in rec.tracks.values():
+                track.writer.close()
+            for video in rec.videos.values():
+                video.close()
+            self._write_meta(True, rec)
 
     # ------------------------------------------------------------------ media
 
@@ -219,9 +227,12 @@ class Recorder(Plugin):
             await self._call().run_blocking(self._write_batch, rec, batch)
 
     def _write_batch(self, rec: _Recording, frames: list[AudioFrame]) -> None:
-        for frame in frames:
-            self._write(rec, frame)
-        self._flush_mix(rec)
+        with rec.lock:
+            if rec.closed:
+                return
+            for frame in frames:
+                self._write(rec, frame)
+            self._flush_mix(rec)
 
     def _write(self, rec: _Recording, frame: AudioFrame) -> None:
         track = rec.tracks.get(frame.participant.identity)
@@ -250,6 +261,11 @@ class Recorder(Plugin):
         await self._call().run_blocking(self._write_video, rec, frame)
 
     def _write_video(self, rec: _Recording, frame: VideoFrame) -> None:
+        with rec.lock:
+            if not rec.closed:
+                self._write_video_locked(rec, frame)
+
+    def _write_video_locked(self, rec: _Recording, frame: VideoFrame) -> None:
         writer = rec.videos.get(frame.participant.identity)
         if writer is None or (writer.width, writer.height) != (frame.width, frame.height):
             if writer is not None:  # the camera changed size: a new file
