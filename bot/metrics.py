@@ -85,7 +85,17 @@ class _Collector(Collector):
                         ),
                     )
                     family.add_metric([room], float(value))
-        yield from (calls, people, undecryptable, *families.values(), *reported.values())
+        slots = rtc.slots
+        limit = GaugeMetricFamily(
+            "callbot_calls_limit", "Calls the bot takes at once (rtc.max_calls)"
+        )
+        limit.add_metric([], slots.max_calls)
+        waiting = GaugeMetricFamily("callbot_joins_waiting", "Joins waiting for a free call slot")
+        waiting.add_metric([], len(slots.waiting))
+        refused = CounterMetricFamily("callbot_joins_refused", "Joins refused: calls limit reached")
+        refused.add_metric([], slots.refused)
+        yield from (calls, limit, waiting, refused, people, undecryptable)
+        yield from (*families.values(), *reported.values())
 
 
 def _metric_name(raw: str) -> str:

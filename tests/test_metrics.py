@@ -31,6 +31,7 @@ async def test_metrics_and_health_are_served(synapse: Synapse, tmp_path: Path) -
             assert r.status == 200
             text = await r.text()
         assert "callbot_calls 0.0" in text
+        assert "callbot_calls_limit 20.0" in text and "callbot_joins_refused_total 0.0" in text
         assert "# TYPE callbot_plugin_frames_delivered_total counter" in text
         # A stalled sync makes it unhealthy.
         bot.matrix.last_sync = 0.0
