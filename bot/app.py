@@ -98,8 +98,8 @@ class CallBot:
     async def _plugin_in_call(self, room_id: str, cls: type[Plugin]) -> Plugin | None:
         """The plugin's instance in the room's call. Right after joining, plugins are still
         starting: wait for them, so "!join" then "!record start" just works."""
-        session = self.rtc.get_room_session(room_id)
-        if session.is_joined or session.joining:
+        session = self.rtc.existing_session(room_id)
+        if session is not None and (session.is_joined or session.joining):
             await self.media.wait_ready(room_id, PLUGIN_START_WAIT_S)
         return self.media.instance(room_id, cls)
 

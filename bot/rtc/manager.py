@@ -67,6 +67,10 @@ class MatrixRTCSessionManager:
             self._update(room_id)
         return session
 
+    def existing_session(self, room_id: str) -> MatrixRTCSession | None:
+        """The room's session if one was made (never makes one)."""
+        return self._sessions.get(room_id)
+
     def get_active_room_session(self, room_id: str) -> MatrixRTCSession | None:
         """The room's session if a call is going on there (js getActiveRoomSession)."""
         session = self._sessions.get(room_id)
