@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from bot.commands.registry import CommandContext, command
 from bot.errors import CallbotError
+from bot.files import write_private_json
 from bot.log import context
 
 log = logging.getLogger(__name__)
@@ -61,20 +60,9 @@ class OptOuts:
         return True
 
     def _save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         rooms = self._load()
         data = {"rooms": {room: sorted(users) for room, users in rooms.items() if users}}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".optouts-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private_json(self.path, data)
 
 
 class ConsentCommands:

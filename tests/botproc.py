@@ -9,6 +9,26 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.synapse import Account
+
+
+def write_config(path: Path, homeserver: str, account: Account, extra: str = "") -> Path:
+    """A config for the bot process at ``path``: the account, data in ``data`` beside it,
+    JSON log lines (what ``BotProcess.entries`` reads), then ``extra`` TOML."""
+    path.write_text(
+        f'[matrix]\nhomeserver = "{homeserver}"\nuser_id = "{account.user_id}"\n'
+        f'password = "{account.password}"\n[bot]\ndata_dir = "data"\n'
+        '[logging]\nformat = "json"\n' + extra
+    )
+    return path
+
+
+#: [rtc] for a bot process that mints its own LiveKit tokens (no SFU is reached)
+MINTED_RTC = (
+    '[rtc]\nlivekit_url = "ws://127.0.0.1:1"\nlivekit_api_key = "k"\n'
+    'livekit_api_secret = "a-secret-of-some-length-0123456789"\n'
+)
+
 
 class BotProcess:
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:

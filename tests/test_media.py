@@ -36,7 +36,7 @@ from bot.plugin import (
 from bot.rtc.identity import livekit_room_alias
 from bot.rtc.session import MatrixRTCSession
 from tests import lkclient
-from tests.botproc import BotProcess
+from tests.botproc import BotProcess, write_config
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
 from tests.peer import wait_until
@@ -491,13 +491,12 @@ async def recording_bot_process(
     typed `!join` and `!record start` (and `!transcribe start` with the transcriber).
     (the bot, its config, alice, the room)"""
     account = synapse.register("bot")
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        f'[matrix]\nhomeserver = "{synapse.url}"\nuser_id = "{account.user_id}"\n'
-        f'password = "{account.password}"\n[bot]\ndata_dir = "data"\n'
-        '[logging]\nformat = "json"\n'
+    cfg = write_config(
+        tmp_path / "config.toml",
+        synapse.url,
+        account,
         f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n'
-        f"[plugins]\nenabled = {list(plugins)!r}\n[plugins.recorder]\nupload_mixed = false\n"
+        f"[plugins]\nenabled = {list(plugins)!r}\n[plugins.recorder]\nupload_mixed = false\n",
     )
     async with js_peer(synapse, tmp_path, "alice") as alice:
         bot = await BotProcess(cfg).start()

@@ -5,11 +5,9 @@ network namespace (scripts/netns-run.sh)."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from livekit import rtc
 
 from bot.devsfu.server import DevSfu
@@ -23,14 +21,6 @@ from tests.test_media import TIMEOUT, scene
 from tests.test_music_plugin import Replies
 
 QUIET_RMS = 100.0
-
-
-@pytest.fixture
-async def sfu(synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIterator[DevSfu]:
-    server = DevSfu(homeserver=synapse.url)
-    await server.start(netns_addrs[0])
-    yield server
-    await server.stop()
 
 
 def recent(probe: lkclient.AudioProbe, seconds: float) -> np.ndarray:

@@ -15,7 +15,7 @@ from bot.devsfu.server import DevSfu
 from bot.rtc.commands import describe
 from bot.rtc.identity import livekit_room_alias
 from bot.rtc.session import EncryptionKeyChanged
-from tests.botproc import BotProcess
+from tests.botproc import MINTED_RTC, BotProcess, write_config
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
 from tests.peer import wait_until
@@ -200,14 +200,7 @@ async def test_sigkilled_bot_leaves_through_the_delayed_event(synapse: Synapse, 
     bot_account = synapse.register("bot")
     async with js_peer(synapse, tmp_path, "alice") as alice:
         focus = {"type": "livekit", "livekit_service_url": "http://127.0.0.1:9/unused"}
-        cfg = tmp_path / "config.toml"
-        cfg.write_text(
-            f'[matrix]\nhomeserver = "{synapse.url}"\nuser_id = "{bot_account.user_id}"\n'
-            f'password = "{bot_account.password}"\n[bot]\ndata_dir = "data"\n'
-            '[logging]\nformat = "json"\n'
-            '[rtc]\nlivekit_url = "ws://127.0.0.1:1"\nlivekit_api_key = "k"\n'
-            'livekit_api_secret = "a-secret-of-some-length-0123456789"\n'
-        )
+        cfg = write_config(tmp_path / "config.toml", synapse.url, bot_account, MINTED_RTC)
         bot = await BotProcess(cfg).start()
         try:
             room = (await alice.call("create_room", invite=[bot_account.user_id], encrypted=False))[

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.botproc import BotProcess
+from tests.botproc import MINTED_RTC, BotProcess, write_config
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
 from tests.peer import wait_until
@@ -76,14 +76,7 @@ async def test_a_job_survives_a_restart_of_the_bot_process(
     synapse: Synapse, tmp_path: Path
 ) -> None:
     account = synapse.register("bot")
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(
-        f'[matrix]\nhomeserver = "{synapse.url}"\nuser_id = "{account.user_id}"\n'
-        f'password = "{account.password}"\n[bot]\ndata_dir = "data"\n'
-        '[logging]\nformat = "json"\n'
-        '[rtc]\nlivekit_url = "ws://127.0.0.1:1"\nlivekit_api_key = "k"\n'
-        'livekit_api_secret = "a-secret-of-some-length-0123456789"\n'
-    )
+    cfg = write_config(tmp_path / "config.toml", synapse.url, account, MINTED_RTC)
     async with js_peer(synapse, tmp_path, "alice") as alice:
         first = await BotProcess(cfg).start()
         try:

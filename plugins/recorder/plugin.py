@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.commands.registry import Arg, CommandContext, command
 from bot.errors import CommandError
+from bot.files import write_private_json
 from bot.plugin import (
     AudioFrame,
     AudioWants,
@@ -119,7 +120,7 @@ class Recorder(Plugin):
         finished and tell their rooms."""
         for meta_path, meta in await asyncio.to_thread(interrupted_recordings, data_dir):
             meta.update(complete=True, interrupted=True)
-            await asyncio.to_thread(_write_json, meta_path, meta)
+            await asyncio.to_thread(write_private_json, meta_path, meta)
             log.warning("finalized the interrupted recording %s", meta_path.parent)
             try:
                 await post(
@@ -348,7 +349,7 @@ class Recorder(Plugin):
             ),
             "lost": rec.gaps,
         }
-        _write_json(rec.folder / "meta.json", meta)
+        write_private_json(rec.folder / "meta.json", meta)
 
     def _call(self) -> CallContext:
         if self.call is None:
@@ -375,12 +376,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _file_name(p: Participant) -> str:

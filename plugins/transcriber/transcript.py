@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.files import write_private
 from plugins.transcriber.engine import Word
 
 Format = Literal["txt", "json", "vtt", "srt"]
@@ -115,15 +115,10 @@ class Transcript:
 
     def write(self, folder: Path, formats: Iterable[Format] = FORMATS) -> list[Path]:
         """``transcript.<fmt>`` files in ``folder``, private to the bot's user."""
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         written = []
         for fmt in formats:
             path = folder / f"transcript.{fmt}"
-            tmp = folder / f".transcript.{fmt}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.render(fmt))
-            tmp.replace(path)
+            write_private(path, self.render(fmt))
             written.append(path)
         return written
 
