@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import av
 import numpy as np
 
 from plugins.transcriber.engine import Recognized, SpeechEngine, TranscriptionError
@@ -42,10 +43,12 @@ def transcribe_folder(
         raise TranscriptionError(f"{folder}: missing recording files: {', '.join(missing)}")
     offset = float(meta.get("call_offset_s", 0.0))
     transcript = Transcript(folder.name, room_id=meta.get("room_id"))
-    audios = [_decode(t.path) for t in tracks]
-    total = sum(a.size for a in audios) / RATE
+    # One person's audio in memory at a time (an hour of 16 kHz float32 is 230 MB); the
+    # progress total comes from the containers' durations.
+    total = sum(_duration(t.path) for t in tracks)
     done = 0.0
-    for track, audio in zip(tracks, audios, strict=True):
+    for track in tracks:
+        audio = _decode(track.path)
 
         def step(seconds: float, base: float = done) -> None:
             if progress is not None:
@@ -101,6 +104,15 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise TranscriptionError(f"{folder}/meta.json is not a recording's meta file")
     return meta
+
+
+def _duration(path: Path) -> float:
+    """Seconds of audio in a file, from its container (no decoding); 0 if unknown."""
+    try:
+        with av.open(str(path)) as container:
+            return (container.duration or 0) / 1e6
+    except Exception:  # _decode says what is wrong with it
+        return 0.0
 
 
 def _decode(path: Path) -> np.ndarray:

@@ -38,6 +38,7 @@ from plugins.transcriber.engine import (
     Recognized,
     SpeechEngine,
     TranscriptionError,
+    Word,
     shared_engine,
 )
 from plugins.transcriber.transcript import FORMATS, Line, Transcript
@@ -323,7 +324,7 @@ def _line(who: Participant, utterance: Utterance, parts: list[Recognized]) -> Li
     """One caption line for one utterance, in the call's time."""
     t0 = utterance.start
     words = tuple(
-        type(w)(round(w.start + t0, 3), round(w.end + t0, 3), w.text, w.probability)
+        Word(round(w.start + t0, 3), round(w.end + t0, 3), w.text, w.probability)
         for part in parts
         for w in part.words
     )
