@@ -20,6 +20,7 @@ class FakeSession:
         self.client = SimpleNamespace(user_id=BOT)
         self.memberships: list[SimpleNamespace] = []
         self.is_joined = False
+        self.joining = False
         self.left = 0
         self.memberships_changed: Signal[MembershipsChanged] = Signal("memberships_changed")
         self.join_state_changed: Signal[JoinStateChanged] = Signal("join_state_changed")
@@ -96,4 +97,31 @@ async def test_a_bot_that_left_is_not_made_to_leave_again() -> None:
     await session.leave()
     await asyncio.sleep(0.3)
     assert session.left == 1 and posted == []
+    await auto.stop()
+
+
+async def test_someone_who_left_while_the_bot_was_joining_counts_as_seen() -> None:
+    # The race of issue 16: alice is in the call when the bot starts joining, and her leave
+    # is synced before the bot's join is announced. The bot must leave after the grace,
+    # not wait for participants.
+    auto, session, posted = make(grace=0.1, wait=3600)
+    session.joining = True
+    session.set_members("@alice:example.org", BOT)
+    session.set_members(BOT)
+    session.joining = False
+    session.join()
+    await wait_until(lambda: posted, 5, "the auto-leave")
+    assert posted == ["Everyone has left the call, so I left too."]
+    await auto.stop()
+
+
+async def test_a_failed_join_forgets_who_was_seen() -> None:
+    auto, session, posted = make(grace=0.1, wait=0.3)
+    session.joining = True
+    session.set_members("@alice:example.org")
+    session.joining = False  # the join failed
+    session.set_members()
+    session.join()  # a later join into an empty call waits for participants
+    await wait_until(lambda: posted, 5, "the auto-leave")
+    assert posted == ["Nobody joined the call within 0.3 s, so I left."]
     await auto.stop()

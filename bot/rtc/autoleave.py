@@ -24,7 +24,7 @@ from typing import Any
 
 from bot.log import context
 from bot.rtc.manager import MatrixRTCSessionManager
-from bot.rtc.session import JoinStateChanged, MatrixRTCSession
+from bot.rtc.session import JoinStateChanged, MatrixRTCSession, MembershipsChanged
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,36 @@ class AutoLeave:
         self._post = post
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
+        #: rooms where someone else was in the call while the bot was still joining it
+        self._seen_while_joining: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         rtc.session_created.connect(self.watch)
 
     def watch(self, session: MatrixRTCSession) -> None:
         def on_join_state(change: JoinStateChanged) -> None:
             if change.joined:
-                self._rooms[session.room_id] = _Room(joined_at=self._clock())
+                seen = session.room_id in self._seen_while_joining
+                self._seen_while_joining.discard(session.room_id)
+                self._rooms[session.room_id] = _Room(joined_at=self._clock(), seen_someone=seen)
                 self.check(session)
             else:
                 self._forget(session.room_id)
 
+        def on_memberships(change: MembershipsChanged) -> None:
+            # The join signal comes only after the membership is sent and its delayed leave
+            # restarted; someone who was in the call then and left before it must still count
+            # as "came and left" (else the bot waits wait_for_participants, not the grace).
+            room_id = session.room_id
+            if room_id not in self._rooms:
+                me = session.client.user_id
+                if not (session.joining or session.is_joined):
+                    self._seen_while_joining.discard(room_id)  # a join that failed
+                elif any(m.user_id != me for m in (*change.old, *change.new)):
+                    self._seen_while_joining.add(room_id)
+            self.check(session)
+
         session.join_state_changed.connect(on_join_state)
-        session.memberships_changed.connect(lambda _change: self.check(session))
+        session.memberships_changed.connect(on_memberships)
 
     def others(self, session: MatrixRTCSession) -> list[str]:
         """Users other than the bot in the call."""
@@ -122,6 +139,7 @@ class AutoLeave:
             log.exception("auto-leave failed", extra=ctx)
 
     def _forget(self, room_id: str) -> None:
+        self._seen_while_joining.discard(room_id)
         room = self._rooms.pop(room_id, None)
         if room is not None and room.timer is not None:
             room.timer.cancel()
