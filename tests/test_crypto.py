@@ -38,7 +38,7 @@ def test_recovery_key_encodes_and_decodes_as_js_does() -> None:
 
 def test_a_recovery_key_with_a_typo_is_refused_with_a_reason() -> None:
     typo = JS_RECOVERY_KEY.replace("EsT1", "EsT2")
-    with pytest.raises(CryptoError, match="parity|prefix"):
+    with pytest.raises(CryptoError, match=r"parity|prefix"):
         crypto.decode_recovery_key(typo)
     with pytest.raises(CryptoError, match="base58"):
         crypto.decode_recovery_key("0OIl" + JS_RECOVERY_KEY[4:])
@@ -118,4 +118,3 @@ def test_a_signing_key_never_shows_its_seed() -> None:
     assert crypto.b64encode(bytes(range(32))) not in repr(key)
     with pytest.raises(CryptoError):
         SigningKey(b"short")
-
