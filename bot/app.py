@@ -16,6 +16,7 @@ from bot.consent import ConsentCommands, OptOuts
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage, notice
+from bot.matrix.trust import IdentityChanged
 from bot.media.calls import CallMediaManager
 from bot.metrics import BotMetrics
 from bot.plugin import Plugin
@@ -81,9 +82,11 @@ class CallBot:
             power_level_of=self.matrix.power_level,
             reply=self._reply,
             max_age_s=config.bot.command_max_age,
+            insecure_device=self.matrix.insecure_sender_device,
         )
         self.matrix.on_message(self.dispatcher.submit)
         self.matrix.on_invite(self._on_invite)
+        self.matrix.trust.identity_changed.connect(self._on_identity_changed)
 
     def add_plugin(self, plugin: LoadedPlugin) -> None:
         """Run a plugin in calls, and make its commands available."""
@@ -193,6 +196,21 @@ class CallBot:
 
     async def _reply(self, msg: IncomingMessage, text: str, html: str | None) -> str:
         return await self.matrix.reply(msg, text, html, self.config.bot.reply_mode)
+
+    async def _on_identity_changed(self, change: IdentityChanged) -> None:
+        # Told once per change (the new key is pinned at once), in the encrypted rooms we share.
+        if change.user_id == self.matrix.user_id:
+            return
+        text = (
+            f"The cryptographic identity of {change.user_id} changed (new master key "
+            f"{change.new_master[:8]}…). If they did not reset it themselves, someone else may "
+            "be using their account. I trust the new identity from now on."
+        )
+        for room_id in self.matrix.encrypted_rooms_with(change.user_id):
+            try:
+                await self._post(room_id, text)
+            except Exception:
+                log.exception("could not report an identity change", extra=context(room=room_id))
 
     async def _on_invite(self, room_id: str, inviter: str) -> None:
         ctx = context(room=room_id, user=inviter)

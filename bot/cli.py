@@ -134,6 +134,9 @@ def _run(path: str) -> int:
     os.umask(0o077)  # everything the bot writes (keys, recordings) is private to its user
     try:
         return asyncio.run(bot.run())
+    except ConfigError as e:  # found at start-up (e.g. matrix.recovery_key is needed)
+        log.error("%s", e)
+        return EXIT_CONFIG
     except CallbotError as e:
         log.error("%s", e)
         return 1

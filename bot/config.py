@@ -74,6 +74,11 @@ class MatrixConfig:
     access_token: str | None = field(default=None, repr=False, metadata={"secret": True})
     device_name: str = "matrix-callbot"
     ignore_unverified_devices: bool = True
+    #: the account's recovery key, to sign a new device of an identity made elsewhere
+    recovery_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    #: as Element's "exclude insecure devices" (MSC4153): keys to, commands and media keys
+    #: from, only devices their owner cross-signed
+    exclude_insecure_devices: bool = True
 
     @property
     def server_name(self) -> str:
@@ -249,7 +254,12 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line."""
-        values = (self.matrix.password, self.matrix.access_token, self.rtc.livekit_api_secret)
+        values = (
+            self.matrix.password,
+            self.matrix.access_token,
+            self.matrix.recovery_key,
+            self.rtc.livekit_api_secret,
+        )
         store = self.schedule.job_store
         db_password = urlsplit(store).password if store else None
         return [s for s in (*values, db_password) if s]

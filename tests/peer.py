@@ -10,6 +10,7 @@ from typing import Any
 
 import nio
 
+from bot.matrix.cross_signing import ensure_identity
 from tests.synapse import Account
 
 
@@ -24,9 +25,16 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 20.0, what: str =
 
 
 class Peer:
-    def __init__(self, homeserver: str, account: Account, store: Path) -> None:
+    """``cross_signed``: the user sets up cross-signing and signs this device, as every
+    current Element user has (bot.matrix.cross_signing does it); False is an insecure device."""
+
+    def __init__(
+        self, homeserver: str, account: Account, store: Path, cross_signed: bool = True
+    ) -> None:
         store.mkdir(parents=True, exist_ok=True)
         self.account = account
+        self.store = store
+        self.cross_signed = cross_signed
         self.client = nio.AsyncClient(
             homeserver,
             account.user_id,
@@ -48,6 +56,8 @@ class Peer:
         assert isinstance(resp, nio.LoginResponse), resp
         if self.client.should_upload_keys:
             await self.client.keys_upload()
+        if self.cross_signed:
+            await ensure_identity(self.client, self.store, password=self.account.password)
 
         async def on_message(room: nio.MatrixRoom, event: nio.RoomMessage) -> None:
             self.messages.append((room.room_id, event))

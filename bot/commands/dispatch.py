@@ -23,10 +23,19 @@ log = logging.getLogger(__name__)
 
 #: At most this many commands run at once; more are refused ("drop_newest") with a reply.
 MAX_RUNNING_COMMANDS = 32
+#: A device the trust policy refuses is told why at most this often (then ignored).
+INSECURE_NOTICE_INTERVAL_S = 3600.0
+INSECURE_DEVICE_REPLY = (
+    "I don't act on commands from this session: it is not verified by you (not "
+    "cross-signed), and I exclude insecure devices as Element does. Verify it from another "
+    "of your sessions (Element: Settings → Sessions), then try again."
+)
 
 
 ReplyFn = Callable[[IncomingMessage, str, str | None], Awaitable[str]]
 PowerLevelFn = Callable[[str, str], Awaitable[int]]
+#: the sending device's ID when the trust policy refuses it, else None
+InsecureDeviceFn = Callable[[IncomingMessage], Awaitable[str | None]]
 
 
 class Dispatcher:
@@ -39,6 +48,8 @@ class Dispatcher:
         power_level_of: PowerLevelFn,
         reply: ReplyFn,
         max_age_s: float,
+        insecure_device: InsecureDeviceFn | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.prefix = prefix
@@ -47,6 +58,10 @@ class Dispatcher:
         self._reply = reply
         self.max_age_s = max_age_s
         self._running: set[asyncio.Task[None]] = set()
+        self._insecure_device = insecure_device
+        self._clock = clock
+        #: (user, device) → when that insecure device was last told why it is ignored
+        self._told_insecure: dict[tuple[str, str], float] = {}
 
     def submit(self, msg: IncomingMessage) -> None:
         """Handle a message in the background so the sync loop never waits on a command."""
@@ -75,6 +90,11 @@ class Dispatcher:
         if age_s > self.max_age_s:
             log.info("ignoring a command sent %.0f s ago", age_s, extra=ctx)
             return
+        if self._insecure_device is not None:
+            device = await self._insecure_device(msg)
+            if device is not None:
+                await self._refuse_insecure(msg, device)
+                return
         shown = f"{self.prefix}{_shorten(parsed.name)}"
         if len(msg.body) > MAX_COMMAND_LENGTH:
             await self._say(msg, f"That command is too long (over {MAX_COMMAND_LENGTH} chars).")
@@ -117,6 +137,18 @@ class Dispatcher:
         kwargs = bind_args(cmd, argtext, self.prefix)
         log.info("running %s", cmd.name, extra=context(room=msg.room_id, user=msg.sender))
         await cmd.handler(command_ctx, **kwargs)
+
+    async def _refuse_insecure(self, msg: IncomingMessage, device: str) -> None:
+        ctx = context(room=msg.room_id, user=msg.sender)
+        log.info("ignoring a command from a device not cross-signed by its owner", extra=ctx)
+        now = self._clock()
+        told = self._told_insecure.get((msg.sender, device))
+        if told is not None and now - told < INSECURE_NOTICE_INTERVAL_S:
+            return
+        if len(self._told_insecure) > 10_000:  # bounded: forget the oldest notices
+            self._told_insecure = dict(list(self._told_insecure.items())[5_000:])
+        self._told_insecure[(msg.sender, device)] = now
+        await self._say(msg, INSECURE_DEVICE_REPLY)
 
     async def _say(self, msg: IncomingMessage, text: str) -> None:
         try:

@@ -18,7 +18,7 @@ import nio
 from bot.config import MatrixConfig
 from bot.errors import MatrixError
 from bot.log import context
-from bot.matrix import session, todevice
+from bot.matrix import cross_signing, session, todevice, trust
 from bot.matrix.messages import IncomingMessage, ReplyMode, in_reply, notice, thread_root_of
 from bot.matrix.power_levels import (
     CREATOR_POWER_LEVEL,
@@ -29,6 +29,8 @@ from bot.matrix.power_levels import (
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
+#: the master keys of the users the bot has seen, pinned (bot.matrix.trust)
+IDENTITIES_FILE = "identities.json"
 
 MessageHandler = Callable[[IncomingMessage], None]
 InviteHandler = Callable[[str, str], Awaitable[None]]
@@ -50,6 +52,9 @@ class MatrixClient:
         self._creators_cache: dict[str, frozenset[str]] = {}
         self._sync_handlers: list[SyncHandler] = []
         self._to_device_handlers: list[ToDeviceHandler] = []
+        self.trust = trust.DeviceTrust(data_dir / IDENTITIES_FILE, cfg.exclude_insecure_devices)
+        self.trust.device_trusted.connect(self._on_device_trusted)
+        self.identity: cross_signing.IdentityResult | None = None
 
     @property
     def nio(self) -> nio.AsyncClient:
@@ -86,10 +91,28 @@ class MatrixClient:
         self._to_device_handlers.append(handler)
 
     async def start(self) -> None:
-        """Log in, catch up with one immediate sync, then keep syncing in the background."""
+        """Log in, sign this device (cross-signing), catch up with one immediate sync, then
+        keep syncing in the background."""
+        self.trust.load()
         todevice.install()
+        trust.install()
         self._nio = await session.login(self.cfg, self.data_dir)
         client = self._nio
+        trust.attach(client.olm, self.trust)
+        try:
+            if client.should_upload_keys:  # the device keys must be there to be signed
+                resp = await client.keys_upload()
+                if not isinstance(resp, nio.KeysUploadResponse):
+                    raise MatrixError(f"uploading the device keys failed: {resp}")
+            self.identity = await cross_signing.ensure_identity(
+                client,
+                self.data_dir,
+                password=self.cfg.password,
+                recovery_key=self.cfg.recovery_key,
+            )
+        except BaseException:
+            await client.close()
+            raise
         client.add_event_callback(self._message_cb, nio.RoomMessageText)
         client.add_event_callback(self._invite_cb, nio.InviteMemberEvent)
         client.add_event_callback(self._undecryptable_cb, nio.MegolmEvent)
@@ -128,6 +151,7 @@ class MatrixClient:
             return
         body = event.body if isinstance(event.body, str) else ""
         content = event.source.get("content") or {}
+        decrypted = bool(getattr(event, "decrypted", False))
         try:
             self._on_message(
                 IncomingMessage(
@@ -137,6 +161,8 @@ class MatrixClient:
                     body=body,
                     timestamp_ms=event.server_timestamp,
                     thread_root=thread_root_of(content),
+                    sender_key=getattr(event, "sender_key", None) if decrypted else None,
+                    session_id=getattr(event, "session_id", None) if decrypted else None,
                 )
             )
         except Exception:
@@ -166,6 +192,57 @@ class MatrixClient:
             "could not decrypt an event (missing room key)",
             extra=context(room=room.room_id, user=event.sender),
         )
+
+    # ------------------------------------------------------------------ device trust
+
+    async def insecure_sender_device(self, msg: IncomingMessage) -> str | None:
+        """For an encrypted message from a device the trust policy refuses: that device's ID
+        (or "unknown"). None when the message may be acted on."""
+        if msg.sender_key is None or not self.trust.enabled:
+            return None
+        olm = self.nio.olm
+        device = self._device_by_curve(msg.sender, msg.sender_key)
+        if device is None or not self.trust.known(msg.sender):
+            await self.query_keys(msg.sender)
+            device = self._device_by_curve(msg.sender, msg.sender_key)
+        if device is None:
+            return "unknown"
+        # The Megolm session must come from that device itself (not forwarded by another).
+        group = olm.inbound_group_store.get(msg.room_id, msg.sender_key, msg.session_id or "")
+        if group is None or group.forwarding_chain or group.ed25519 != device.ed25519:
+            return device.id
+        return None if self.trust.allows(msg.sender, device.id, device.ed25519) else device.id
+
+    def device_allowed(self, user_id: str, device_id: str | None) -> bool:
+        """Whether the trust policy accepts this device (for media keys)."""
+        if device_id is None:
+            return not self.trust.enabled
+        device = self.nio.olm.device_store[user_id].get(device_id)
+        ed25519 = device.ed25519 if device is not None else None
+        return self.trust.allows(user_id, device_id, ed25519)
+
+    async def query_keys(self, user_id: str) -> None:
+        """Fetch a user's device and cross-signing keys now."""
+        self.nio.olm.users_for_key_query.add(user_id)
+        resp = await self.nio.keys_query()
+        if not isinstance(resp, nio.KeysQueryResponse):
+            log.warning("key query failed: %s", resp, extra=context(user=user_id))
+
+    def _device_by_curve(self, user_id: str, curve25519: str) -> nio.crypto.OlmDevice | None:
+        devices = self.nio.olm.device_store[user_id].values()
+        return next((d for d in devices if d.curve25519 == curve25519), None)
+
+    def _on_device_trusted(self, who: tuple[str, str]) -> None:
+        # A device left out of a room key while it was not known as signed gets the next one.
+        user_id, device_id = who
+        if self._nio is None or self._nio.olm is None:
+            return
+        sessions = self._nio.olm.outbound_group_sessions
+        for room_id, room in self._nio.rooms.items():
+            group = sessions.get(room_id)
+            if group is not None and user_id in room.users:
+                if (user_id, device_id) not in group.users_shared_with:
+                    group.max_messages = 0  # nio rotates it at the next send (never mid-share)
 
     def _spawn(self, coro: Awaitable[None], room_id: str | None) -> None:
         async def guarded() -> None:
@@ -210,6 +287,9 @@ class MatrixClient:
 
     def joined_rooms(self) -> list[str]:
         return list(self.nio.rooms)
+
+    def encrypted_rooms_with(self, user_id: str) -> list[str]:
+        return [r.room_id for r in self.nio.rooms.values() if r.encrypted and user_id in r.users]
 
     # ------------------------------------------------------------------ outgoing
 

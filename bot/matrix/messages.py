@@ -18,6 +18,10 @@ class IncomingMessage:
     body: str  # the plain body; formatted_body is never read
     timestamp_ms: int
     thread_root: str | None = None
+    #: for a Megolm-decrypted message: the sending device's curve25519 key and the session
+    #: (what the device-trust policy checks); None for an unencrypted one
+    sender_key: str | None = None
+    session_id: str | None = None
 
 
 def notice(text: str, html: str | None = None) -> dict[str, Any]:

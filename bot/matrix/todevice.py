@@ -163,7 +163,10 @@ async def send_encrypted(
     if device is None:
         raise MatrixError(f"unknown device {device_id} of {user_id}")
     if olm.is_device_blacklisted(device):
-        raise MatrixError(f"device {device_id} of {user_id} is blacklisted")
+        raise MatrixError(
+            f"device {device_id} of {user_id} is excluded (blacklisted, or not cross-signed "
+            "by its owner)"
+        )
     session = olm.session_store.get(device.curve25519)
     if session is None:
         # nio verifies the one-time key's signature and creates the outbound session.

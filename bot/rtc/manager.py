@@ -156,4 +156,9 @@ class MatrixRTCSessionManager:
                 "ignoring a media key whose sender device does not match its keys", extra=ctx
             )
             return
+        if not self.matrix.device_allowed(event.sender, event.sender_device):
+            log.warning(
+                "ignoring a media key from a device not cross-signed by its owner", extra=ctx
+            )
+            return
         session.handle_key_event(event)
