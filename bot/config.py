@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
+from bot.matrix.crypto import CryptoError, decode_recovery_key
 
 ENV_PREFIX = "CALLBOT_"
 
@@ -46,6 +47,15 @@ def _http_url(v: str) -> str | None:
 def _user_id(v: str) -> str | None:
     if not re.fullmatch(r"@[^:\s]+:\S+", v):
         return f"must be a full Matrix user ID like '@bot:example.org', got {v!r}"
+    return None
+
+
+def _recovery_key(v: str | None) -> str | None:
+    try:
+        if v is not None:
+            decode_recovery_key(v)
+    except CryptoError as e:
+        return str(e)  # never the value: it is a secret
     return None
 
 
@@ -75,7 +85,9 @@ class MatrixConfig:
     device_name: str = "matrix-callbot"
     ignore_unverified_devices: bool = True
     #: the account's recovery key, to sign a new device of an identity made elsewhere
-    recovery_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    recovery_key: str | None = field(
+        default=None, repr=False, metadata={"secret": True, "check": _recovery_key}
+    )
     #: as Element's "exclude insecure devices" (MSC4153): keys to, commands and media keys
     #: from, only devices their owner cross-signed
     exclude_insecure_devices: bool = True

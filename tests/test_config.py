@@ -196,3 +196,16 @@ def test_a_plugin_configs_own_checks_are_reported_with_its_section(tmp_path: Pat
     with pytest.raises(ConfigError) as e:
         validate_section(Tone, {"low": 300}, "plugins.tone.", tmp_path)
     assert e.value.problems == ["plugins.tone: low must be below high"]
+
+
+def test_recovery_key_is_checked_secret_and_read_from_the_environment() -> None:
+    key = "EsT1 HT7u 2D8e RJ5J Xpm5 QiQG RLzx hTZJ mA5Y F4nN CHD4 4593"
+    cfg = _parse(GOOD, {"CALLBOT_MATRIX_RECOVERY_KEY": key})
+    assert cfg.matrix.recovery_key == key and key in cfg.secrets()
+    assert key not in repr(cfg)
+    assert cfg.matrix.exclude_insecure_devices is True
+    (problem,) = _problems(_with("matrix", recovery_key=key.replace("EsT1", "EsT2")))
+    assert problem.startswith("matrix.recovery_key: ") and "typo" in problem
+    assert "EsT2" not in problem  # a secret is never echoed
+    (problem,) = _problems(_with("matrix", recovery_keys=key))
+    assert "did you mean 'recovery_key'" in problem
