@@ -31,6 +31,11 @@ from bot.schedule.timezones import RoomTimezones
 
 log = logging.getLogger(__name__)
 
+REJOINED_NOTICE = (
+    "My call membership had disappeared (the homeserver was unreachable for longer than my "
+    "delayed leave, or it was removed), so I re-joined the call."
+)
+
 #: How long a plugin command waits for the plugins of a call the bot has just joined.
 PLUGIN_START_WAIT_S = 15.0
 
@@ -87,6 +92,9 @@ class CallBot:
         self.matrix.on_message(self.dispatcher.submit)
         self.matrix.on_invite(self._on_invite)
         self.matrix.trust.identity_changed.connect(self._on_identity_changed)
+        self.rtc.session_created.connect(
+            lambda s: s.rejoined.connect(lambda _: self._tell(s.room_id, REJOINED_NOTICE))
+        )
 
     def add_plugin(self, plugin: LoadedPlugin) -> None:
         """Run a plugin in calls, and make its commands available."""
@@ -197,6 +205,12 @@ class CallBot:
     async def _reply(self, msg: IncomingMessage, text: str, html: str | None) -> str:
         return await self.matrix.reply(msg, text, html, self.config.bot.reply_mode)
 
+    async def _tell(self, room_id: str, text: str) -> None:
+        try:
+            await self._post(room_id, text)
+        except Exception:
+            log.exception("could not post a notice", extra=context(room=room_id))
+
     async def _on_identity_changed(self, change: IdentityChanged) -> None:
         # Told once per change (the new key is pinned at once), in the encrypted rooms we share.
         if change.user_id == self.matrix.user_id:
@@ -207,10 +221,7 @@ class CallBot:
             "be using their account. I trust the new identity from now on."
         )
         for room_id in self.matrix.encrypted_rooms_with(change.user_id):
-            try:
-                await self._post(room_id, text)
-            except Exception:
-                log.exception("could not report an identity change", extra=context(room=room_id))
+            await self._tell(room_id, text)
 
     async def _on_invite(self, room_id: str, inviter: str) -> None:
         ctx = context(room=room_id, user=inviter)

@@ -120,10 +120,16 @@ class BotMetrics:
         task = self.matrix.sync_task if self.matrix.started else None
         last = self.matrix.last_sync
         age = None if last is None else round(time.monotonic() - last, 1)
-        ok = task is not None and not task.done() and age is not None and age < SYNC_STALE_S
+        alive = task is not None and not task.done()
+        down = self.matrix.down_since if self.matrix.started else None
+        # An outage the sync loop is riding out is "degraded", not dead (200): restarting the
+        # bot would end its calls, which go on over the SFU meanwhile.
+        ok = alive and age is not None and (age < SYNC_STALE_S or down is not None)
+        status = "unhealthy" if not ok else "degraded" if down is not None else "ok"
         details = {
-            "status": "ok" if ok else "unhealthy",
+            "status": status,
             "matrix_sync_age_s": age,
+            "matrix_unreachable_s": None if down is None else round(time.monotonic() - down, 1),
             "calls": len(self.rtc.joined_sessions()) if self.matrix.started else 0,
         }
         return ok, details

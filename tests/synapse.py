@@ -30,3 +30,10 @@ class Synapse(_Synapse):
                 "(scripts/test.sh), which installs it, or set CALLBOT_SYNAPSE_PYTHON"
             )
         super().start(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a pulled plug would (start() again reuses the data)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None

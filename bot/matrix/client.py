@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import nio
 
 from bot.config import MatrixConfig
-from bot.errors import MatrixError
+from bot.errors import LoginError, MatrixError
 from bot.log import context
 from bot.matrix import cross_signing, session, todevice, trust
 from bot.matrix.messages import IncomingMessage, ReplyMode, in_reply, notice, thread_root_of
@@ -25,12 +26,23 @@ from bot.matrix.power_levels import (
     creators_are_privileged,
     creators_from_state,
 )
+from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
 #: the master keys of the users the bot has seen, pinned (bot.matrix.trust)
 IDENTITIES_FILE = "identities.json"
+#: waits between failed syncs: from the first, doubling to the last, each ±25% (jitter)
+SYNC_RETRY_FIRST_S = 0.5
+SYNC_RETRY_MAX_S = 30.0
+#: sync errors that no retry can mend: the login is gone
+FATAL_SYNC_ERRORS = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_USER_DEACTIVATED"})
+
+
+class _SyncFailed(Exception):
+    """A sync answered with an error: leave nio's loop (it would retry at once) and back off."""
+
 
 MessageHandler = Callable[[IncomingMessage], None]
 InviteHandler = Callable[[str, str], Awaitable[None]]
@@ -45,6 +57,11 @@ class MatrixClient:
         self._nio: nio.AsyncClient | None = None
         #: monotonic time of the last sync response (None before the first)
         self.last_sync: float | None = None
+        #: monotonic time the homeserver became unreachable (None while syncs succeed)
+        self.down_since: float | None = None
+        #: called with the outage's length in seconds when the homeserver is back
+        self.reconnected: Signal[float] = Signal("reconnected")
+        self._retry_delay = SYNC_RETRY_FIRST_S
         self._sync_task: asyncio.Task[None] | None = None
         self._on_message: MessageHandler | None = None
         self._on_invite: InviteHandler | None = None
@@ -118,6 +135,7 @@ class MatrixClient:
         client.add_event_callback(self._undecryptable_cb, nio.MegolmEvent)
         client.add_to_device_callback(self._to_device_cb, todevice.DecryptedToDeviceEvent)
         client.add_response_callback(self._sync_cb, nio.SyncResponse)
+        client.add_response_callback(self._sync_error_cb, nio.SyncError)
         resp = await client.sync(timeout=0, full_state=True)
         if not isinstance(resp, nio.SyncResponse):
             await client.close()
@@ -126,8 +144,32 @@ class MatrixClient:
         self._sync_task = asyncio.create_task(self._sync_forever(), name="matrix-sync")
 
     async def _sync_forever(self) -> None:
-        # sync_forever also uploads, queries and claims keys between syncs.
-        await self.nio.sync_forever(timeout=SYNC_TIMEOUT_MS)
+        """Sync until cancelled. An outage of any length is waited out (backoff with jitter);
+        only a login the homeserver no longer knows ends the loop (LoginError)."""
+        while True:
+            try:
+                # sync_forever also uploads, queries and claims keys between syncs. With
+                # simplematrixbotlib's max_timeouts = 0 any network error comes straight out.
+                await self.nio.sync_forever(timeout=SYNC_TIMEOUT_MS)
+            except LoginError:
+                raise
+            except Exception as e:  # network errors, 5xx, a proxy's 502: all worth retrying
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                    log.warning("the homeserver is unreachable (%s); retrying", _describe(e))
+                else:
+                    log.debug("sync still failing: %s", _describe(e))
+                await asyncio.sleep(self._retry_delay * random.uniform(0.75, 1.25))  # noqa: S311
+                self._retry_delay = min(self._retry_delay * 2, SYNC_RETRY_MAX_S)
+
+    async def _sync_error_cb(self, response: nio.SyncError) -> None:
+        code = str(response.status_code or "")
+        if code in FATAL_SYNC_ERRORS or getattr(response, "soft_logout", False):
+            raise LoginError(
+                f"the homeserver no longer accepts the bot's login ({code}): it was logged out "
+                "or deactivated; start it again to log in with the password"
+            )
+        raise _SyncFailed(f"sync failed: {code} {response.message}")
 
     @property
     def sync_task(self) -> asyncio.Task[None] | None:
@@ -177,6 +219,12 @@ class MatrixClient:
 
     async def _sync_cb(self, response: nio.SyncResponse) -> None:
         self.last_sync = time.monotonic()
+        if self.down_since is not None:
+            outage = self.last_sync - self.down_since
+            self.down_since = None
+            self._retry_delay = SYNC_RETRY_FIRST_S
+            log.warning("the homeserver is reachable again after %.1f s", outage)
+            self.reconnected.emit(outage)
         for handler in self._sync_handlers:
             try:
                 handler(response)
@@ -335,3 +383,7 @@ class MatrixClient:
     ) -> str:
         content = in_reply(notice(text, html), msg.event_id, msg.thread_root, mode)
         return await self.send(msg.room_id, content)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

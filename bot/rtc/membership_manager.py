@@ -42,6 +42,8 @@ REFRESH_CAP_S = 3600.0
 REFRESH_HEADROOM_S = 5.0
 #: Consecutive failures of the keep-alive before an error is reported (js default 10).
 MAX_FAILURES = 10
+#: re-joining after our membership vanished is retried, waiting up to this long between tries
+REJOIN_RETRY_MAX_S = 30.0
 
 _warned_no_delayed_events = False
 _warned_no_sticky_events = False
@@ -63,11 +65,13 @@ class MembershipManager:
         cfg: RtcConfig,
         on_error: Callable[[Exception], None],
         clock: Callable[[], float] = time.time,
+        on_rejoined: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.room_id = room_id
         self.cfg = cfg
         self.on_error = on_error
+        self.on_rejoined = on_rejoined
         self._clock = clock
         self.transport: dict[str, Any] | None = None
         self.joined = False
@@ -263,12 +267,23 @@ class MembershipManager:
             self._rejoin = asyncio.create_task(self._rejoin_now())
 
     async def _rejoin_now(self) -> None:
-        try:
-            assert self.transport is not None
-            await self.join(self.transport)
-        except Exception as e:
-            log.exception("re-joining the call failed", extra=self._ctx)
-            self.on_error(e)
+        # Retried until it works or we leave: after an outage the homeserver may still be
+        # coming back (it sent our overdue delayed leave, then a request failed).
+        delay = 1.0
+        while self.joined:
+            try:
+                assert self.transport is not None
+                await self.join(self.transport)
+            except Exception as e:
+                log.warning("re-joining the call failed (%s); retrying", e, extra=self._ctx)
+                if delay >= REJOIN_RETRY_MAX_S:
+                    self.on_error(e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REJOIN_RETRY_MAX_S)
+                continue
+            if self.on_rejoined is not None:
+                self.on_rejoined()
+            return
 
     # ------------------------------------------------------------------ leaving
 

@@ -99,7 +99,16 @@ class MatrixRTCSession:
         self.encryption_key_changed: Signal[EncryptionKeyChanged] = Signal("encryption_key_changed")
         self.membership_manager_error: Signal[Exception] = Signal("membership_manager_error")
         self.call_notification_sent: Signal[dict[str, Any]] = Signal("call_notification_sent")
-        self._manager = MembershipManager(client, room_id, cfg, self.membership_manager_error.emit)
+        #: our membership vanished (an outage outlasted the delayed leave, or an admin removed
+        #: it) and we sent it again
+        self.rejoined: Signal[None] = Signal("rejoined")
+        self._manager = MembershipManager(
+            client,
+            room_id,
+            cfg,
+            self.membership_manager_error.emit,
+            on_rejoined=lambda: self.rejoined.emit(None),
+        )
         self._own_key = OwnKey(grace_ms=cfg.key_rotation_grace_ms)
         self._received = ReceivedKeys()
         #: every key announced since joining, by (identity, index): for late listeners

@@ -1,0 +1,102 @@
+"""Homeserver outages mid-call: Synapse SIGKILLed and started again on the same data, while the
+bot records an encrypted call (real Synapse, dev SFU, matrix-js-sdk + livekit participant)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import REJOINED_NOTICE
+from bot.devsfu.server import DevSfu
+from tests import lkclient
+from tests.peer import wait_until
+from tests.synapse import Synapse
+from tests.test_media import TIMEOUT, heard, scene
+
+
+@pytest.fixture
+def own_synapse(tmp_path: Path) -> Iterator[Synapse]:
+    """A homeserver of this test's own: it is killed, which the shared one must never be."""
+    server = Synapse(tmp_path / "synapse")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def own_sfu(own_synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIterator[DevSfu]:
+    server = DevSfu(homeserver=own_synapse.url)
+    await server.start(netns_addrs[0])
+    yield server
+    await server.stop()
+
+
+def _bot_memberships(members: list, bot: str) -> int:
+    return sum(1 for m in members if m.user_id == bot)
+
+
+async def test_the_bot_rides_out_homeserver_outages_and_keeps_recording(
+    own_synapse: Synapse, own_sfu: DevSfu, tmp_path: Path
+) -> None:
+    from plugins.recorder.plugin import Recorder, RecorderConfig
+    from tests.test_recorder import decode, level
+
+    recorder = Recorder(RecorderConfig(upload_mixed=False))
+    async with scene(own_synapse, own_sfu, tmp_path, (recorder,)) as s:
+        posted: list[str] = []
+        send = s.bot.matrix.send
+
+        async def recording_send(room_id: str, content: dict) -> str:
+            posted.append(content.get("body", ""))
+            return await send(room_id, content)
+
+        s.bot.matrix.send = recording_send  # type: ignore[method-assign]
+        tone = lkclient.Tone(440)
+        await tone.publish(s.lk)
+        await wait_until(lambda: heard(s.listener, s.alice.user_id, 440), TIMEOUT, "440 Hz")
+        await recorder.start()
+        started = time.monotonic()
+        sync = s.bot.matrix.sync_task
+        assert sync is not None
+
+        for outage_s in (15.0, 40.0):  # shorter and longer than the 10 s delayed leave
+            own_synapse.kill()
+            await wait_until(lambda: s.bot.matrix.down_since is not None, TIMEOUT, "the outage")
+            health = s.bot.metrics.health()
+            assert health == (True, health[1]) and health[1]["status"] == "degraded"
+            await asyncio.sleep(outage_s)
+            # Media goes on over the SFU while Matrix is down.
+            assert heard(s.listener, s.alice.user_id, 440)
+            assert not sync.done()
+            await asyncio.to_thread(own_synapse.start)
+            await wait_until(lambda: s.bot.matrix.down_since is None, 120, "the reconnection")
+            assert s.bot.metrics.health()[1]["status"] == "ok"
+            # Back in the call: exactly one membership of the bot, as the other member sees it.
+            await wait_until(
+                lambda: (
+                    s.session.is_joined
+                    and _bot_memberships(s.session.memberships, s.bot.matrix.user_id) == 1
+                ),
+                TIMEOUT,
+                "the bot's membership after the outage",
+            )
+        # The 40 s outage outlasted the delayed leave: the homeserver sent it, the bot re-joined
+        # and said so.
+        await wait_until(lambda: REJOINED_NOTICE in posted, TIMEOUT, "the re-join notice")
+        await wait_until(lambda: heard(s.listener, s.alice.user_id, 440), TIMEOUT, "440 Hz")
+        await recorder.stop()
+        recorded_s = time.monotonic() - started
+        await tone.stop()
+    (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
+    localpart = s.alice.user_id[1:].split(":")[0]
+    alice = next(p for p in folder.iterdir() if p.name.startswith(localpart))
+    samples = decode(alice)
+    # One file across both outages, as long as the recording, with alice's tone throughout.
+    assert samples.size / 48_000 > recorded_s - 3
+    for start in range(0, samples.size - 48_000, 10 * 48_000):
+        window = samples[start : start + 48_000]
+        assert level(window, 440) > 10 * level(window, 660), f"no tone at {start / 48_000:.0f} s"
