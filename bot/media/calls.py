@@ -122,6 +122,12 @@ class CallMediaManager:
     def plugin_lines(self, room_id: str) -> list[str]:
         """Each plugin of the room's call and how it copes, for !status."""
         lines = []
+        media = self.media(room_id)
+        if media is not None and media.unresolved:
+            lines.append(
+                f"  {media.unresolved} LiveKit participant(s) without a call membership: "
+                "ignored (no recording, no captions)"
+            )
         for r in self.runners(room_id):
             st = r.stats
             state = "disabled after errors" if st.disabled else "running"

@@ -32,7 +32,7 @@ from bot.plugin import (
     VideoWants,
 )
 from bot.rtc.focus import SfuAccess
-from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession
+from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession, MembershipsChanged
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,11 @@ class CallMedia:
         self._speaking: dict[str, float] = {}
         self._outputs: list[AudioOutput | VideoOutput] = []
         self._ctx = context(room=session.room_id)
+        #: LiveKit identity → current membership; LiveKit identities seen without one
+        self._members = {m.rtc_backend_identity: m for m in session.memberships}
+        self._unresolved: set[str] = set()
         session.encryption_key_changed.connect(self._on_key)
+        session.memberships_changed.connect(self._on_memberships)
 
     def now(self) -> float:
         """Seconds since the bot joined the call: the one clock of all frames."""
@@ -185,15 +189,45 @@ class CallMedia:
 
     # ------------------------------------------------------------------ identities and keys
 
-    def participant(self, identity: str, name: str | None = None) -> Participant:
-        """The Matrix side of a LiveKit participant (falls back to the identity itself).
-        Their name is their display name in the room, else the one LiveKit has."""
-        for m in self.session.memberships:
-            if m.rtc_backend_identity == identity:
-                shown = self._display_name(m.user_id) or name or None
-                return Participant(m.user_id, m.device_id, identity, shown)
-        user, _, device = identity.rpartition(":")
-        return Participant(user or identity, device, identity, name or None)
+    def participant(self, identity: str, name: str | None = None) -> Participant | None:
+        """The Matrix side of a LiveKit participant, from the call's current memberships;
+        None for someone in the LiveKit room without a membership (Element Call ignores
+        them, and so do we: their media reaches no plugin). Resolved for every frame batch,
+        so a track that arrives before its membership is never filed under the LiveKit
+        identity (with hashed identities that would defeat opt-outs)."""
+        m = self._members.get(identity)
+        if m is None:
+            if identity not in self._unresolved:
+                self._unresolved.add(identity)
+                log.info(
+                    "a LiveKit participant has no call membership (yet); ignoring their media",
+                    extra=self._ctx,
+                )
+            return None
+        self._unresolved.discard(identity)
+        shown = self._display_name(m.user_id) or name or None
+        return Participant(m.user_id, m.device_id, identity, shown)
+
+    @property
+    def unresolved(self) -> int:
+        """LiveKit participants seen without a call membership (for !status)."""
+        return len(self._unresolved)
+
+    def _on_memberships(self, change: MembershipsChanged) -> None:
+        before = set(self._members)
+        self._members = {m.rtc_backend_identity: m for m in change.new}
+        room = self.connection.room if self.connection.connected else None
+        if room is None:
+            return
+        # Someone connected before their membership synced joins now, for the plugins.
+        for identity in set(self._members) - before:
+            remote = room.remote_participants.get(identity)
+            if remote is not None and identity in self._unresolved:
+                who = self.participant(identity, remote.name)
+                if who is not None:
+                    self.router.push_event(
+                        ParticipantEvent(ParticipantChange.JOINED, who, self.now())
+                    )
 
     def _on_key(self, change: EncryptionKeyChanged) -> None:
         self.connection.set_key(change.identity, change.key, change.own)
@@ -231,6 +265,8 @@ class CallMedia:
             return
         self._notified.add(identity)
         who = self.participant(identity)
+        if who is None:
+            return  # not a call member: nothing of theirs is expected to decrypt
         text = (
             f"I cannot decrypt the media of {who.name} ({who.device_id}): "
             f"{_E2EE_STATES[state]}. If this persists, they may need to rejoin the call."
@@ -257,15 +293,14 @@ class CallMedia:
         publication: rtc.RemoteTrackPublication,
         remote: rtc.RemoteParticipant,
     ) -> None:
-        who = self.participant(remote.identity, remote.name)
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             tasks = [
-                asyncio.create_task(self._pump_audio(track, wants, who, detect=i == 0))
+                asyncio.create_task(self._pump_audio(track, wants, remote, detect=i == 0))
                 for i, wants in enumerate(self.router.audio_wants())
             ]
         else:
             tasks = [
-                asyncio.create_task(self._pump_video(track, wants, who))
+                asyncio.create_task(self._pump_video(track, wants, remote))
                 for wants in self.router.video_wants()
             ]
         self._streams[(remote.identity, publication.sid)] = tasks
@@ -280,7 +315,7 @@ class CallMedia:
             task.cancel()
 
     async def _pump_audio(
-        self, track: rtc.Track, wants: AudioWants, who: Participant, detect: bool
+        self, track: rtc.Track, wants: AudioWants, remote: rtc.RemoteParticipant, detect: bool
     ) -> None:
         """Frames of one track in one format; ``detect``: also tell who speaks (one stream
         per track does that)."""
@@ -297,6 +332,9 @@ class CallMedia:
                 pcm = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, wants.channels)
                 now = self.now()
                 start = clock.start_of(pcm.shape[0], now)
+                who = self.participant(remote.identity, remote.name)
+                if who is None:
+                    continue
                 self.router.push_audio(wants, AudioFrame(who, pcm.copy(), wants.sample_rate, start))
                 if detect:
                     self._detect_speech(who, pcm, now)
@@ -314,7 +352,9 @@ class CallMedia:
             del self._speaking[who.identity]
             self.router.push_event(ParticipantEvent(ParticipantChange.SILENT, who, now))
 
-    async def _pump_video(self, track: rtc.Track, wants: VideoWants, who: Participant) -> None:
+    async def _pump_video(
+        self, track: rtc.Track, wants: VideoWants, remote: rtc.RemoteParticipant
+    ) -> None:
         buffer_type, channels = _VIDEO_FORMATS[wants.format]
         stream = rtc.VideoStream.from_track(track=track, format=buffer_type)
         min_gap, last = 1.0 / wants.fps, -1.0
@@ -324,6 +364,9 @@ class CallMedia:
                 if now - last < min_gap * 0.9:  # thin out to the declared frame rate
                     continue
                 last = now
+                who = self.participant(remote.identity, remote.name)
+                if who is None:
+                    continue
                 frame = event.frame
                 data = np.frombuffer(frame.data, dtype=np.uint8)
                 image = data if channels == 0 else data.reshape(frame.height, frame.width, channels)
@@ -337,7 +380,8 @@ class CallMedia:
     def _on_participant(self, change: ParticipantChange) -> Callable[[rtc.RemoteParticipant], None]:
         def handler(remote: rtc.RemoteParticipant) -> None:
             who = self.participant(remote.identity, remote.name)
-            self.router.push_event(ParticipantEvent(change, who, self.now()))
+            if who is not None:
+                self.router.push_event(ParticipantEvent(change, who, self.now()))
 
         return handler
 
@@ -346,7 +390,8 @@ class CallMedia:
             if participant.identity == self.connection.identity:
                 return
             who = self.participant(participant.identity, participant.name)
-            self.router.push_event(ParticipantEvent(change, who, self.now()))
+            if who is not None:
+                self.router.push_event(ParticipantEvent(change, who, self.now()))
 
         return handler
 

@@ -1,0 +1,68 @@
+"""Who a LiveKit participant is (bot.media.engine.CallMedia.participant): from the call's
+current memberships, never from the LiveKit identity (units, a stand-in session)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bot.media.engine import CallMedia
+from bot.media.router import FrameRouter
+from bot.rtc.identity import hashed_identity
+from bot.rtc.membership import CallMembership
+from bot.rtc.session import MembershipsChanged
+from bot.signals import Signal
+
+ROOM = "!room:example.org"
+
+
+def _member(user: str, device: str, member_id: str) -> CallMembership:
+    return CallMembership(
+        kind="rtc",
+        event_id=f"$ev-{device}",
+        user_id=user,
+        device_id=device,
+        application="m.call",
+        slot_id="m.call#ROOM",
+        member_id=member_id,
+        transports=(),
+        created_ts=1,
+        origin_server_ts=1,
+    )
+
+
+def _media() -> tuple[CallMedia, SimpleNamespace]:
+    session = SimpleNamespace(
+        room_id=ROOM,
+        memberships=[],
+        encryption_key_changed=Signal("encryption_key_changed"),
+        memberships_changed=Signal("memberships_changed"),
+    )
+
+    async def no_access():  # never connected in these tests
+        raise AssertionError
+
+    media = CallMedia(session, FrameRouter(), no_access)  # type: ignore[arg-type]
+    return media, session
+
+
+def test_a_hashed_identity_before_its_membership_is_nobody_then_the_member() -> None:
+    media, session = _media()
+    alice = _member("@alice:example.org", "ALICEDEV", "uuid-1")
+    identity = hashed_identity(alice.user_id, alice.device_id, alice.member_id)
+    # The track came first: no membership synced yet, so no participant (and no frames).
+    assert media.participant(identity, "Alice") is None
+    assert media.unresolved == 1
+    session.memberships = [alice]
+    session.memberships_changed.emit(MembershipsChanged([], [alice]))
+    who = media.participant(identity, "Alice")
+    assert who is not None and (who.user_id, who.device_id) == (alice.user_id, "ALICEDEV")
+    assert media.unresolved == 0
+    # She leaves the call: her frames stop being hers.
+    session.memberships_changed.emit(MembershipsChanged([alice], []))
+    assert media.participant(identity) is None
+
+
+def test_a_livekit_participant_without_a_membership_is_never_parsed_from_its_identity() -> None:
+    media, _ = _media()
+    # The legacy identity form "@user:server:DEVICE" used to be split into a Matrix user.
+    assert media.participant("@mallory:example.org:EVIL", "Mallory") is None
