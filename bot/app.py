@@ -89,6 +89,7 @@ class CallBot:
             max_age_s=config.bot.command_max_age,
             insecure_device=self.matrix.insecure_sender_device,
         )
+        self.metrics.dispatcher = self.dispatcher
         self.matrix.on_message(self.dispatcher.submit)
         self.matrix.on_invite(self._on_invite)
         self.matrix.trust.identity_changed.connect(self._on_identity_changed)

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from bot.commands.dispatch import Dispatcher
     from bot.matrix.client import MatrixClient
     from bot.media.calls import CallMediaManager
     from bot.rtc.manager import MatrixRTCSessionManager
@@ -94,7 +95,21 @@ class _Collector(Collector):
         waiting.add_metric([], len(slots.waiting))
         refused = CounterMetricFamily("callbot_joins_refused", "Joins refused: calls limit reached")
         refused.add_metric([], slots.refused)
-        yield from (calls, limit, waiting, refused, people, undecryptable)
+        commands = CounterMetricFamily(
+            "callbot_commands_dropped",
+            "Commands answered 'busy' because too many were running (bot.commands.dispatch)",
+        )
+        commands.add_metric([], self.m.dispatcher.dropped if self.m.dispatcher else 0)
+        gaps = CounterMetricFamily(
+            "callbot_sync_timeline_gaps",
+            "Syncs whose room timeline was cut (messages in between were never seen)",
+        )
+        gaps.add_metric([], self.m.matrix.timeline_gaps)
+        outage = GaugeMetricFamily(
+            "callbot_matrix_unreachable", "1 while the homeserver cannot be reached"
+        )
+        outage.add_metric([], 1 if self.m.matrix.down_since is not None else 0)
+        yield from (calls, limit, waiting, refused, people, undecryptable, commands, gaps, outage)
         yield from (*families.values(), *reported.values())
 
 
@@ -107,6 +122,8 @@ class BotMetrics:
         self, matrix: MatrixClient, rtc: MatrixRTCSessionManager, media: CallMediaManager
     ) -> None:
         self.matrix, self.rtc, self.media = matrix, rtc, media
+        #: set by the app once it has one (its dropped commands are exported)
+        self.dispatcher: Dispatcher | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self._runner: web.AppRunner | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 import nio
 
+from bot.matrix.client import SYNC_FILTER
 from bot.matrix.cross_signing import ensure_identity
 from tests.synapse import Account
 
@@ -75,7 +76,9 @@ class Peer:
         self.client.add_event_callback(on_event, nio.Event)
         self.client.add_to_device_callback(on_to_device, nio.ToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
-        self._sync = asyncio.create_task(self.client.sync_forever(timeout=1000))
+        self._sync = asyncio.create_task(
+            self.client.sync_forever(timeout=1000, sync_filter=SYNC_FILTER)
+        )
         return self
 
     async def stop(self) -> None:

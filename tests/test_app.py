@@ -188,3 +188,35 @@ async def test_files_are_posted_encrypted_in_encrypted_rooms(
             resp.body, file["key"]["k"], file["hashes"]["sha256"], file["iv"]
         )
         assert plain == data
+
+
+async def test_a_burst_of_commands_between_two_syncs_is_answered_in_full(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    # The real process, stopped (SIGSTOP) while 30 commands arrive: its next sync carries
+    # them all. With Synapse's default of 10 timeline events per sync, 20 were never seen.
+    import signal
+
+    from tests.botproc import BotProcess, write_config
+
+    account = synapse.register("bot")
+    cfg = write_config(tmp_path / "config.toml", synapse.url, account)
+    async with peer(synapse, tmp_path, "alice") as alice:
+        bot = await BotProcess(cfg).start()
+        assert bot.proc is not None
+        try:
+            room = await alice.create_room(invite=[account.user_id], encrypted=False)
+            await wait_until(lambda: bot.logged("joined on invite"), 30, "bot in room")
+            await alice.wait_member(room, account.user_id)
+            await alice.ask(room, "!help", account.user_id, timeout=30)
+            bot.proc.send_signal(signal.SIGSTOP)
+            try:
+                asked = [await alice.send(room, f"!help #{i}") for i in range(30)]
+            finally:
+                bot.proc.send_signal(signal.SIGCONT)
+            for event_id in asked:
+                await alice.next_reply(room, event_id, account.user_id, timeout=30)
+            gaps = [e for e in bot.entries if e["msg"].startswith("more messages arrived")]
+            assert gaps == []
+        finally:
+            await bot.stop()

@@ -58,6 +58,8 @@ class Dispatcher:
         self._reply = reply
         self.max_age_s = max_age_s
         self._running: set[asyncio.Task[None]] = set()
+        #: commands answered "busy" (past MAX_RUNNING_COMMANDS): /metrics
+        self.dropped = 0
         self._insecure_device = insecure_device
         self._clock = clock
         #: (user, device) → when that insecure device was last told why it is ignored
@@ -66,6 +68,7 @@ class Dispatcher:
     def submit(self, msg: IncomingMessage) -> None:
         """Handle a message in the background so the sync loop never waits on a command."""
         if len(self._running) >= MAX_RUNNING_COMMANDS:
+            self.dropped += 1
             log.warning(
                 "too many running commands, dropping one",
                 extra=context(room=msg.room_id, user=msg.sender),
