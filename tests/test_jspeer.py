@@ -103,3 +103,99 @@ async def test_two_js_peers_share_call_and_keys(synapse: Synapse, tmp_path: Path
 
         for peer in (alice, bob):  # unparseable stdout lines also show up as "error" events
             assert [e for e in peer.events if e["event"] == "error"] == []
+
+
+# --- trust modes (MSC4153) ---------------------------------------------------------------------
+
+# Decryption failures a late room key (or withheld notice) can still turn into another outcome.
+PENDING_KEY = {"MEGOLM_UNKNOWN_INBOUND_SESSION_ID", "OLM_UNKNOWN_MESSAGE_INDEX"}
+
+
+async def _wait_outcome(peer: JsPeer, event_id: str) -> dict[str, Any]:
+    """The "message" event for event_id once decrypted, or failed for good."""
+    return await peer.wait_event(
+        lambda e: (
+            e["event"] == "message"
+            and e["event_id"] == event_id
+            and e["decryption_failure"] not in PENDING_KEY
+        ),
+        timeout=TIMEOUT,
+    )
+
+
+async def test_strict_peers_are_cross_signed(synapse: Synapse, tmp_path: Path) -> None:
+    async with (
+        js_peer(synapse, tmp_path, "jsalice", trust="strict") as alice,
+        js_peer(synapse, tmp_path, "jsbob", trust="strict") as bob,
+        js_peer(synapse, tmp_path, "jseve", trust="insecure") as eve,
+    ):
+        assert alice.ready["trust"] == "strict" and eve.ready["trust"] == "insecure"
+        assert alice.master_key and bob.master_key and alice.master_key != bob.master_key
+        assert eve.master_key is None
+
+        # What alice downloads for bob is what bob reported of himself.
+        assert (await alice.user_identity(bob.user_id))["master_key"] == bob.master_key
+        seen = await alice.device_status(bob.user_id, bob.device_id)
+        assert seen["known"] and seen["signed_by_owner"] is True
+        assert seen["cross_signing_verified"] is False  # alice never verified bob himself
+        own = await alice.device_status(alice.user_id, alice.device_id)
+        assert own["signed_by_owner"] is True and own["cross_signing_verified"] is True
+
+        assert (await alice.user_identity(eve.user_id))["master_key"] is None
+        unsigned = await alice.device_status(eve.user_id, eve.device_id)
+        assert unsigned["known"] and unsigned["signed_by_owner"] is False
+        assert unsigned["is_verified"] is False
+
+
+async def test_strict_peer_decrypts_only_cross_signed_senders(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    async with (
+        js_peer(synapse, tmp_path, "jsalice", trust="strict") as alice,
+        js_peer(synapse, tmp_path, "jsbob", trust="signed") as bob,
+        js_peer(synapse, tmp_path, "jseve", trust="insecure") as eve,
+    ):
+        invite = [bob.user_id, eve.user_id]
+        room_id = (await alice.call("create_room", invite=invite, encrypted=True))["room_id"]
+        for peer in (bob, eve):
+            await peer.call("join_room", room_id=room_id)
+            # Alice knows the sender's device before its room key comes, so the key is judged
+            # on the device's signature, not on "unknown device".
+            await alice.device_status(peer.user_id, peer.device_id)
+
+        signed = (await bob.call("send_text", room_id=room_id, body="from bob"))["event_id"]
+        unsigned = (await eve.call("send_text", room_id=room_id, body="from eve"))["event_id"]
+
+        from_bob = await _wait_outcome(alice, signed)
+        assert from_bob["decryption_failure"] is None and from_bob["body"] == "from bob"
+        from_eve = await _wait_outcome(alice, unsigned)
+        assert from_eve["encrypted"] and from_eve["body"] is None
+        assert from_eve["decryption_failure"] == "UNSIGNED_SENDER_DEVICE"
+
+        # And the other way: alice's room key goes to bob's signed device only.
+        sent = (await alice.call("send_text", room_id=room_id, body="from alice"))["event_id"]
+        assert (await _wait_outcome(bob, sent))["body"] == "from alice"
+        withheld = await _wait_outcome(eve, sent)
+        assert withheld["body"] is None
+        assert withheld["decryption_failure"] == "MEGOLM_KEY_WITHHELD_FOR_UNVERIFIED_DEVICE"
+
+
+async def test_strict_peer_still_trades_call_keys_with_insecure_peer(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    # js-sdk 43 applies the isolation mode to room messages only: it decrypts to-device messages
+    # without a trust requirement (receiveSyncChanges gets no DecryptionSettings) and encrypts
+    # them to any device, so MatrixRTC media keys still flow both ways. If this starts failing,
+    # js-sdk has begun excluding insecure devices from calls too.
+    async with (
+        js_peer(synapse, tmp_path, "jsalice", trust="strict") as alice,
+        js_peer(synapse, tmp_path, "jseve", trust="insecure") as eve,
+    ):
+        room_id = (await alice.call("create_room", invite=[eve.user_id], encrypted=True))["room_id"]
+        await eve.call("join_room", room_id=room_id)
+        await alice.call("rtc_join", room_id=room_id, foci=FOCI)
+        await eve.call("rtc_join", room_id=room_id, foci=FOCI)
+
+        from_eve = await _wait_key(alice, room_id, eve)
+        from_alice = await _wait_key(eve, room_id, alice)
+        assert (from_eve["user_id"], from_alice["user_id"]) == (eve.user_id, alice.user_id)

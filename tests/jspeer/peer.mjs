@@ -2,13 +2,22 @@
 // Element Call drives it in its default "compatibility" mode (legacy
 // org.matrix.msc3401.call.member state events, multi_sfu, to-device media keys).
 //
-// Usage: HS_URL=... USER_ID=... PASSWORD=... [DEVICE_NAME=...] [JSPEER_LOG_LEVEL=warn] node peer.mjs
+// Usage: HS_URL=... USER_ID=... PASSWORD=... [DEVICE_NAME=...] [JSPEER_TRUST=signed]
+//        [JSPEER_LOG_LEVEL=warn] node peer.mjs
 //
-// Protocol: stdout carries only JSON lines. First {"event":"ready",...}; then replies
-// {"reply":<id>,"ok":true,...} / {"reply":<id>,"ok":false,"error":"..."} to the JSON-line
-// commands read from stdin, and events {"event":...}: memberships, key, notification_sent,
-// log, error. Commands: create_room, join_room, invite, rtc_join, rtc_leave, memberships,
-// state_events, send_text, stop (see `commands` below).
+// JSPEER_TRUST picks how the peer treats device trust (MSC4153):
+//   strict   - own cross-signing bootstrapped at start, OnlySignedDevicesIsolationMode: Element
+//              Web's "exclude insecure devices" (room keys only go to, and messages are only
+//              decrypted from, devices cross-signed by their owner)
+//   signed   - own cross-signing bootstrapped, AllDevicesIsolationMode (the js-sdk default)
+//   insecure - no cross-signing at all: a device nobody can tell from an impostor
+//
+// Protocol: stdout carries only JSON lines. First {"event":"ready", user_id, device_id, trust,
+// master_key, bootstrap_ms}; then replies {"reply":<id>,"ok":true,...} /
+// {"reply":<id>,"ok":false,"error":"..."} to the JSON-line commands read from stdin, and events
+// {"event":...}: memberships, key, message, notification_sent, log, error. Commands:
+// create_room, join_room, invite, rtc_join, rtc_leave, memberships, state_events, send_text,
+// device_status, user_identity, stop (see `commands` below).
 // All js-sdk logging goes to stderr. EOF on stdin stops the peer like {"cmd":"stop"}.
 
 import { randomUUID } from "node:crypto";
@@ -56,9 +65,22 @@ process.on("unhandledRejection", (err) => {
 // Imported after the console swap so nothing the SDK does at load time reaches stdout.
 const sdk = await import("matrix-js-sdk");
 const rtc = await import("matrix-js-sdk/lib/matrixrtc/index.js");
-const { ClientEvent, EventTimeline, EventType, KnownMembership, Preset, RoomEvent, SyncState, createClient } =
-    sdk;
+const cryptoApi = await import("matrix-js-sdk/lib/crypto-api/index.js");
+// The same module instance js-sdk's rust crypto uses (initialised by initRustCrypto).
+const RustSdkCryptoJs = await import("@matrix-org/matrix-sdk-crypto-wasm");
+const {
+    ClientEvent,
+    EventTimeline,
+    EventType,
+    KnownMembership,
+    MatrixEventEvent,
+    Preset,
+    RoomEvent,
+    SyncState,
+    createClient,
+} = sdk;
 const { MatrixRTCSessionEvent, MatrixRTCSessionManagerEvents } = rtc;
+const { AllDevicesIsolationMode, CrossSigningKey, OnlySignedDevicesIsolationMode } = cryptoApi;
 
 // Element Call's defaults (EC src/config/ConfigOptions.ts, LocalMember.ts enterRTCSession)
 const EC_JOIN_CONFIG = {
@@ -99,6 +121,11 @@ const baseUrl = env("HS_URL");
 const userId = env("USER_ID");
 const password = env("PASSWORD");
 const deviceName = process.env.DEVICE_NAME ?? "jspeer";
+const TRUST_MODES = ["strict", "signed", "insecure"];
+const trust = process.env.JSPEER_TRUST ?? "signed";
+if (!TRUST_MODES.includes(trust)) {
+    throw new Error(`JSPEER_TRUST must be one of ${TRUST_MODES.join(", ")}, not ${JSON.stringify(trust)}`);
+}
 
 const loginClient = createClient({ baseUrl });
 const loginResp = await loginClient.loginRequest({
@@ -116,6 +143,47 @@ const client = createClient({
 });
 // In-memory Rust crypto (no IndexedDB in Node): a fresh device per run.
 await client.initRustCrypto({ useIndexedDB: false });
+// A RustCrypto: queryKeys below also reaches into its internals.
+const rustCrypto = client.getCrypto();
+
+// --- cross-signing and device isolation (JSPEER_TRUST) ---------------------------------------
+
+// Element answers the user-interactive auth for the signing-key upload with the account
+// password. Synapse lets an account publish its first cross-signing keys without UIA (MSC3967),
+// so the first, auth-less attempt normally goes through; a 401 with a UIA session gets the
+// password.
+async function authWithPassword(makeRequest) {
+    try {
+        return await makeRequest(null);
+    } catch (err) {
+        const session = err?.data?.session;
+        if (err?.httpStatus !== 401 || !session) throw err;
+        return await makeRequest({
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: loginResp.user_id },
+            password,
+            session,
+        });
+    }
+}
+
+// Before the first sync, so nobody downloads this device's keys unsigned, and so the device-key
+// upload that bootstrapping makes cannot race the one the sync loop's request processing would.
+async function setUpTrust() {
+    if (trust === "insecure") return null;
+    const started = performance.now();
+    await rustCrypto.bootstrapCrossSigning({
+        setupNewCrossSigning: true,
+        authUploadDeviceSigningKeys: authWithPassword,
+    });
+    const elapsed = Math.round(performance.now() - started);
+    rustCrypto.setDeviceIsolationMode(
+        trust === "strict" ? new OnlySignedDevicesIsolationMode() : new AllDevicesIsolationMode(false),
+    );
+    return elapsed;
+}
+
+const bootstrapMs = await setUpTrust();
 
 const prepared = new Promise((resolve, reject) => {
     const onSync = (state, _prev, data) => {
@@ -135,26 +203,72 @@ await prepared;
 // complete, from a ClientEvent.Sync listener registered before ours; make sure anyway.
 await waitFor(() => client.isInitialSyncComplete(), "initial sync");
 
+// The own master key, read back rather than remembered: null unless the private keys and the
+// published public ones match. After the first sync: before it, nothing sends the /keys/query
+// for our own user that getIdentity waits on (it gives up after a second).
+async function ownMasterKey() {
+    if (trust === "insecure") return null;
+    const key = await rustCrypto.getCrossSigningKeyId(CrossSigningKey.Master);
+    if (!key) throw new Error("cross-signing bootstrap left no usable master key");
+    return key;
+}
+
+const masterKey = await ownMasterKey();
 const myUserId = client.getUserId();
 const myDeviceId = client.getDeviceId();
 
-// Every message that arrives live, decrypted: {event: "message", room_id, sender, body,
-// event_id, relates_to} (threads are not enabled, so thread messages arrive here too).
-client.on(RoomEvent.Timeline, async (ev, room, toStartOfTimeline) => {
-    if (toStartOfTimeline || !room) return;
-    await client.decryptEventIfNeeded(ev);
+// Every message that arrives live, decrypted: {event: "message", room_id, sender, body, msgtype,
+// event_id, relates_to, encrypted, decryption_failure} (threads are not enabled, so thread
+// messages arrive here too). One js cannot decrypt comes with body and msgtype null and
+// decryption_failure set to js's DecryptionFailureCode, e.g. UNSIGNED_SENDER_DEVICE when strict
+// mode refuses an unsigned sender; when a retry (a room key arriving late) changes the outcome,
+// the message comes again.
+const reportedFailure = new Map(); // event id -> decryption_failure last reported
+
+function reportMessage(ev, roomId) {
     if (ev.getType() !== "m.room.message") return;
-    const content = ev.getContent();
+    const failure = ev.decryptionFailureReason ?? null;
+    if (reportedFailure.has(ev.getId()) && reportedFailure.get(ev.getId()) === failure) return;
+    reportedFailure.set(ev.getId(), failure);
+    const content = failure ? {} : ev.getContent();
     emit({
         event: "message",
-        room_id: room.roomId,
+        room_id: roomId,
         sender: ev.getSender(),
         event_id: ev.getId(),
         body: content.body ?? null,
         msgtype: content.msgtype ?? null,
         relates_to: content["m.relates_to"] ?? null,
+        encrypted: ev.isEncrypted(),
+        decryption_failure: failure,
     });
+}
+
+client.on(RoomEvent.Timeline, async (ev, room, toStartOfTimeline) => {
+    if (toStartOfTimeline || !room) return;
+    await client.decryptEventIfNeeded(ev);
+    reportMessage(ev, room.roomId);
 });
+// Retries only: the first attempt's Decrypted comes before the timeline handler reports.
+client.on(MatrixEventEvent.Decrypted, (ev) => {
+    if (reportedFailure.has(ev.getId())) reportMessage(ev, ev.getRoomId());
+});
+
+// --- other users' keys -----------------------------------------------------------------------
+
+// A fresh /keys/query for one user, fed into the OlmMachine. The public getUserDeviceInfo(
+// [user], true) does not do this: it answers tracked users from the store, and downloads
+// untracked ones without storing them, so getDeviceVerificationStatus would not see them. js-sdk
+// refreshes the same way internally (RustCrypto.maybeAcceptKeyBundle, shareRoomHistoryWithUser).
+async function queryKeys(userId) {
+    const request = rustCrypto.olmMachine.queryKeysForUsers([new RustSdkCryptoJs.UserId(userId)]);
+    await rustCrypto.outgoingRequestProcessor.makeOutgoingRequest(request);
+}
+
+function firstKey(keyInfo) {
+    // `keys` is {"ed25519:<key>": "<key>"}: one key, wanted bare
+    return keyInfo ? (Object.values(keyInfo.keys)[0] ?? null) : null;
+}
 
 // --- session observation ---------------------------------------------------------------------
 
@@ -334,6 +448,45 @@ const commands = {
         return { event_id };
     },
 
+    // How js judges one device (own or anyone's), after downloading its owner's keys afresh.
+    async device_status({ user_id, device_id }) {
+        await queryKeys(user_id);
+        const devices = (await rustCrypto.getUserDeviceInfo([user_id], true)).get(user_id);
+        const status = await rustCrypto.getDeviceVerificationStatus(user_id, device_id);
+        if (!status) {
+            return {
+                known: false,
+                listed: devices?.has(device_id) ?? false,
+                signed_by_owner: null,
+                cross_signing_verified: null,
+                locally_verified: null,
+                is_verified: null,
+            };
+        }
+        return {
+            known: true,
+            listed: devices?.has(device_id) ?? false,
+            signed_by_owner: status.signedByOwner,
+            cross_signing_verified: status.crossSigningVerified,
+            locally_verified: status.localVerified,
+            is_verified: status.isVerified(),
+        };
+    },
+
+    // The cross-signing identity js holds for a user, after downloading their keys afresh.
+    async user_identity({ user_id }) {
+        await queryKeys(user_id);
+        const keys = await rustCrypto.getUserCrossSigningKeys(user_id);
+        const status = await rustCrypto.getUserVerificationStatus(user_id);
+        return {
+            master_key: firstKey(keys?.master_key),
+            self_signing_key: firstKey(keys?.self_signing_key),
+            known: status.known,
+            is_verified: status.isVerified(),
+            needs_user_approval: status.needsUserApproval,
+        };
+    },
+
     async stop({ leave = true }) {
         await shutdown(leave);
         return {};
@@ -385,4 +538,11 @@ rl.on("close", () => {
     void shutdown(true).finally(() => process.exit(0));
 });
 
-emit({ event: "ready", user_id: myUserId, device_id: myDeviceId });
+emit({
+    event: "ready",
+    user_id: myUserId,
+    device_id: myDeviceId,
+    trust,
+    master_key: masterKey,
+    bootstrap_ms: bootstrapMs,
+});
