@@ -34,9 +34,8 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 
 Trust = Literal["strict", "signed", "insecure"]
-# "signed", not "strict", while the bot under test does not cross-sign its device: a strict peer
-# would neither share room keys with it nor decrypt its messages.
-DEFAULT_TRUST: Trust = "signed"
+# Peers behave like a current Element user: cross-signed, "exclude insecure devices".
+DEFAULT_TRUST: Trust = "strict"
 
 
 def _wheel_binary(venv: Path) -> Path | None:
