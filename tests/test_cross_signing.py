@@ -298,3 +298,35 @@ async def test_a_wiped_peer_store_with_its_keys_file_keeps_its_identity(
                 await second.stop()
         finally:
             await first.stop()
+
+
+async def test_a_strict_element_user_sees_the_bot_signed_and_talks_to_it(
+    synapse: Synapse, tmp_path: Path
+) -> None:
+    # matrix-js-sdk 43 with its own cross-signing and OnlySignedDevicesIsolationMode: before
+    # the bot cross-signed itself she got no reply (the bot had no room key for her command).
+    from tests.jspeer import js_peer
+
+    account = synapse.register("bot")
+    async with (
+        running_bot(bot_config(synapse, account, tmp_path / "data")) as bot,
+        js_peer(synapse, tmp_path, "alice", trust="strict") as alice,
+    ):
+        assert alice.master_key is not None
+        room = (await alice.call("create_room", invite=[account.user_id]))["room_id"]
+        await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
+        status = await alice.device_status(account.user_id, bot.matrix.device_id)
+        assert status["signed_by_owner"] is True  # her own crypto checked the bot's signature
+        identity = await alice.user_identity(account.user_id)
+        assert identity["master_key"] == bot.matrix.identity.master_public
+        mark = alice.mark()
+        await alice.call("send_text", room_id=room, body="!help")
+        reply = await alice.wait_event(
+            lambda e: e["event"] == "message" and e["sender"] == account.user_id and e["body"],
+            timeout=TIMEOUT,
+            since=mark,
+        )
+        assert "!help" in reply["body"] and reply["encrypted"]
+        assert reply["decryption_failure"] is None
+        # and the bot pinned her identity as her client published it
+        assert bot.matrix.trust.master_key(alice.user_id) == alice.master_key
