@@ -330,3 +330,51 @@ async def test_a_strict_element_user_sees_the_bot_signed_and_talks_to_it(
         assert reply["decryption_failure"] is None
         # and the bot pinned her identity as her client published it
         assert bot.matrix.trust.master_key(alice.user_id) == alice.master_key
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+async def test_media_keys_from_an_insecure_device_are_not_used(
+    synapse: Synapse, tmp_path: Path, exclude: bool
+) -> None:
+    # js-sdk 43 itself still sends call keys to and from unsigned devices (its to-device path
+    # ignores the isolation mode); the bot's policy does not use an insecure member's key.
+    from tests.jspeer import js_peer
+    from tests.test_schedule_e2e import FOCUS, MINT
+
+    account = synapse.register("bot")
+    config = bot_config(
+        synapse,
+        account,
+        tmp_path / "data",
+        rtc=MINT,
+        matrix={"exclude_insecure_devices": exclude},
+    )
+    async with (
+        running_bot(config) as bot,
+        js_peer(synapse, tmp_path, "alice") as alice,
+        js_peer(synapse, tmp_path, "mallory", trust="insecure") as mallory,
+    ):
+        room = (await alice.call("create_room", invite=[account.user_id, mallory.user_id]))[
+            "room_id"
+        ]
+        await mallory.call("join_room", room_id=room)
+        await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
+        session = bot.rtc.get_room_session(room)
+        await session.join()
+        for peer_ in (alice, mallory):
+            await peer_.call("rtc_join", room_id=room, foci=[FOCUS])
+        await wait_until(lambda: len(session.memberships) == 3, TIMEOUT, "three members")
+        by_user = {m.user_id: m for m in session.memberships}
+        await wait_until(
+            lambda: session.has_key_from(by_user[alice.user_id]), TIMEOUT, "alice's key"
+        )
+        if exclude:
+            # mallory's key was sent (js does) before or with alice's: give it a sync to land
+            await mallory.wait_event(lambda e: e["event"] == "key" and e["own"], timeout=TIMEOUT)
+            await asyncio.sleep(1.0)
+            assert not session.has_key_from(by_user[mallory.user_id])
+        else:
+            await wait_until(
+                lambda: session.has_key_from(by_user[mallory.user_id]), TIMEOUT, "mallory's key"
+            )
+        await session.leave()
