@@ -36,6 +36,10 @@ REJOINED_NOTICE = (
     "delayed leave, or it was removed), so I re-joined the call."
 )
 
+#: a notice the bot must get across (re-joined, identity changed) is tried this often
+NOTICE_TRIES = 12
+NOTICE_RETRY_S = 10.0
+
 #: How long a plugin command waits for the plugins of a call the bot has just joined.
 PLUGIN_START_WAIT_S = 15.0
 
@@ -207,10 +211,16 @@ class CallBot:
         return await self.matrix.reply(msg, text, html, self.config.bot.reply_mode)
 
     async def _tell(self, room_id: str, text: str) -> None:
-        try:
-            await self._post(room_id, text)
-        except Exception:
-            log.exception("could not post a notice", extra=context(room=room_id))
+        # Retried for a while: a notice about an outage may be posted as the next one starts.
+        for attempt in range(NOTICE_TRIES):
+            try:
+                await self._post(room_id, text)
+                return
+            except Exception as e:
+                if attempt == NOTICE_TRIES - 1:
+                    log.error("could not post a notice: %s", e, extra=context(room=room_id))
+                    return
+                await asyncio.sleep(NOTICE_RETRY_S)
 
     async def _on_identity_changed(self, change: IdentityChanged) -> None:
         # Told once per change (the new key is pinned at once), in the encrypted rooms we share.
