@@ -209,6 +209,22 @@ async def test_video_is_recorded_when_asked(tmp_path: Path) -> None:
     assert meta["video_files"] == ["alice_x-ALICE.webm"]
 
 
+@pytest.mark.parametrize(("seconds", "said"), [(40.9, "41s"), (59.6, "1m 0s"), (101.2, "1m 41s")])
+async def test_the_stop_notice_says_how_long_the_recording_is(
+    tmp_path: Path, seconds: float, said: str
+) -> None:
+    # Found by hand: a 40.9 s recording was announced as "1 min 41 s" (minutes rounded).
+    call = FakeCall(files_dir=tmp_path)
+    h = PluginHarness(Recorder(RecorderConfig(upload_mixed=False)), call)
+    await h.start()
+    await h.plugin.start()
+    assert h.plugin.recording is not None
+    # the mix's length is the recording's (silence is quick to encode, frames are not)
+    h.plugin.recording.mix.write_silence(round(seconds * RATE))
+    await h.plugin.stop()
+    assert call.posts[-1].startswith(f"⏹ Recording stopped: {said}, 0 participants")
+
+
 async def test_first_recording_goes_into_the_call_folder_and_a_second_beside_it(
     tmp_path: Path,
 ) -> None:

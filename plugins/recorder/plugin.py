@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.commands.core import format_duration
 from bot.commands.registry import Arg, CommandContext, command
 from bot.errors import CommandError
 from bot.files import write_private_json
@@ -190,7 +191,7 @@ class Recorder(Plugin):
         duration = rec.mix.seconds
         names = sorted(t.participant.name for t in rec.tracks.values())
         await call.post(
-            f"⏹ Recording stopped: {duration / 60:.0f} min {duration % 60:.0f} s, "
+            f"⏹ Recording stopped: {format_duration(round(duration))}, "
             f"{len(names)} participants ({', '.join(names) or 'nobody'}). Files: "
             f"{', '.join(sorted(p.name for p in rec.folder.iterdir()))}."
         )
