@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.botproc import MINTED_RTC, BotProcess, write_config
 from tests.conftest import bot_config, running_bot
 from tests.jspeer import JsPeer, js_peer
@@ -37,8 +39,10 @@ async def _wait_users(alice: JsPeer, room: str, users: set[str], since: int) -> 
 
 
 async def test_a_job_fires_the_bot_leaves_after_its_duration_and_when_everyone_left(
-    synapse: Synapse, tmp_path: Path
+    synapse: Synapse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a test cannot wait the minute a real schedule lasts at least
+    monkeypatch.setattr("bot.schedule.when.MIN_DURATION_S", 1)
     account = synapse.register("bot")
     rtc = {**MINT, "auto_leave_grace": 0.5, "wait_for_participants": 120.0}
     config = bot_config(synapse, account, tmp_path / "data", rtc=rtc)

@@ -29,6 +29,9 @@ from bot.schedule.crontab import crontab_weekdays
 
 #: A scheduled call lasts at most this long (and ``in`` reaches at most MAX_AHEAD ahead).
 MAX_DURATION_S = 24 * 3600
+#: ... and at least this long: "for 0s" would join and leave at once, a mistake or a flood of
+#: joins, never a call anyone wanted.
+MIN_DURATION_S = 60
 MAX_AHEAD = timedelta(days=366)
 #: Recurring schedules fire at most this often: a bot joining every minute is a mistake.
 MIN_INTERVAL_S = 15 * 60
@@ -250,6 +253,10 @@ def _options(tokens: list[str]) -> tuple[float | None, bool, bool, str | None]:
             if duration > MAX_DURATION_S:
                 raise ScheduleError(
                     f"A scheduled call lasts at most {format_duration(MAX_DURATION_S)}."
+                )
+            if duration < MIN_DURATION_S:
+                raise ScheduleError(
+                    f"A scheduled call lasts at least {format_duration(MIN_DURATION_S)}."
                 )
             i = end
         else:
