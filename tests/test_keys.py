@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from hypothesis import given, settings
 
 from bot.rtc.keys import (
@@ -44,6 +45,21 @@ def test_parse_round_trip_and_lenient_base64() -> None:
     )
     urlsafe = base64.urlsafe_b64encode(b"\xfb\xff" * 8).decode().rstrip("=")
     assert decode_key(urlsafe) == b"\xfb\xff" * 8
+
+
+@pytest.mark.parametrize("size", [1, 15, 17, 32, 1000])
+def test_keys_of_another_length_are_refused_without_logging_them(caplog, size: int) -> None:
+    # Found by a hostile peer: 1- and 17-byte keys were applied.
+    caplog.set_level("DEBUG")
+    raw = bytes([0xA5]) * size
+    for text in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        c = content(keys={"index": 1, "key": text})
+        assert parse_key_content(c, "@a:x", ROOM, 0.0) is None
+        assert f"the key is {size} bytes, not 16" in caplog.text
+        assert text.rstrip("=") not in caplog.text
+    with pytest.raises(ValueError, match=f"16 bytes, not {size}") as e:
+        MediaKey(raw, 0)
+    assert repr(raw) not in str(e.value)
 
 
 def test_key_bytes_never_in_repr() -> None:

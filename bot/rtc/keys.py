@@ -41,6 +41,11 @@ class MediaKey:
     def __post_init__(self) -> None:
         if not 0 <= self.index < INDEX_MODULUS:
             raise ValueError(f"key index {self.index} is outside 0..255")
+        # The only format read (io.element.call.encryption_keys) carries 16 random bytes; a
+        # key of another length is a broken or hostile sender, never something to encrypt
+        # with. (The message gives the length only: key bytes never reach a log.)
+        if len(self.key) != KEY_BYTES:
+            raise ValueError(f"a media key is {KEY_BYTES} bytes, not {len(self.key)}")
 
     @classmethod
     def generate(cls, index: int) -> MediaKey:
@@ -102,6 +107,8 @@ def parse_key_content(
             raw = b""
         if not raw:
             why = "key is not base64"
+        elif len(raw) != KEY_BYTES:
+            why = f"the key is {len(raw)} bytes, not {KEY_BYTES}"
     if why is not None:
         log.info("ignoring a media key event from %s: %s", sender, why)
         return None
