@@ -120,6 +120,38 @@ def test_oldest_membership_focus() -> None:
     assert transport_of(by_user["@c:x"], ms) is None
 
 
+def test_a_created_ts_after_the_event_was_sent_is_its_send_time() -> None:
+    # Found by a hostile member: a made-up created_ts far in the future kept the membership
+    # alive forever (and out of its place in the oldest-first order).
+    sent = NOW - 1000
+    ev = legacy("@a:x", "A", ts=sent, created_ts=NOW + 10**12)
+    (m,) = members([ev])
+    assert m.created_ts == sent
+    assert members([ev], now=sent + DEFAULT_EXPIRE_MS) == []
+    later = legacy("@b:x", "B", ts=NOW - 500)
+    assert [m.user_id for m in members([later, ev])] == ["@a:x", "@b:x"]
+    for bad in (float("inf"), float("nan")):
+        assert members([legacy("@a:x", "A", created_ts=bad)]) == []
+        assert members([legacy("@a:x", "A", expires=bad)]) == []
+
+
+def test_one_device_counts_once() -> None:
+    # Found by a hostile member: !status listed a device three times, once per state key.
+    events = [
+        {**legacy("@a:x", "A", ts=NOW - 300 + i), "state_key": key, "event_id": f"$a{i}"}
+        for i, key in enumerate(["_@a:x_A_m.call", "_@a:x_A_m.callx", "@a:x"])
+    ]
+    events.append(legacy("@b:x", "B", ts=NOW - 400))
+    ms = members(events)
+    assert [(m.user_id, m.device_id) for m in ms] == [("@b:x", "B"), ("@a:x", "A")]
+    assert ms[1].event_id == "$a2"  # the device's newest event: where it is now
+    # the same for an old sticky join lingering beside the new one, and across both forms
+    old = sticky("@c:x", "C", "join-1", ts=NOW - 900)
+    new = sticky("@c:x", "C", "join-2", ts=NOW - 100)
+    ms = members([legacy("@c:x", "C", ts=NOW - 500)], [new, old])
+    assert [(m.kind, m.member_id) for m in ms] == [("rtc", "join-2")]
+
+
 def test_sticky_memberships_and_precedence() -> None:
     st_ev = sticky("@a:x", "A", "uuid-1", ts=NOW - 50)
     shadowed = {**legacy("@a:x", "A"), "state_key": "uuid-1"}

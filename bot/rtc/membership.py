@@ -9,6 +9,7 @@ parsers never raise on input from the network.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ def parse_legacy(event: Mapping[str, Any]) -> CallMembership:
     _get(c, "scope", str, False)
     created_ts = _get(c, "created_ts", (int, float), False)
     expires = _get(c, "expires", (int, float), False)
+    for key, value in (("created_ts", created_ts), ("expires", expires)):
+        if value is not None and not math.isfinite(value):
+            raise _Invalid(f"{key} must be a finite number")
     intent = _get(c, "m.call.intent", str, False)
     selection = focus_active.get("focus_selection") if focus_active["type"] == "livekit" else None
     state_key = event.get("state_key")
@@ -179,7 +183,10 @@ def parse_legacy(event: Mapping[str, Any]) -> CallMembership:
         slot_id=f"{application}#{call_id or 'ROOM'}",
         member_id=legacy_identity(sender, device_id),
         transports=_transports(c.get("foci_preferred"), "foci_preferred"),
-        created_ts=int(created_ts) if created_ts is not None else ts,
+        # A membership is not created after it was sent: js puts the first join's
+        # origin_server_ts here. A later one is made up, and would make the membership look
+        # younger than it is (and outlive its expiry).
+        created_ts=min(int(created_ts), ts) if created_ts is not None else ts,
         origin_server_ts=ts,
         focus_selection=selection if isinstance(selection, str) else None,
         expires_ms=int(expires) if expires is not None else None,
@@ -291,8 +298,25 @@ def active_memberships(
         if m.slot_id != slot_id or m.is_expired(now_ms) or m.user_id not in joined_users:
             continue
         members.append(m)
+    members = _one_per_device(members)
     members.sort(key=lambda m: m.created_ts)  # stable, like Array.prototype.sort
     return members
+
+
+def _one_per_device(members: list[CallMembership]) -> list[CallMembership]:
+    """Each device once, by its newest membership event: a device can have memberships under
+    several state keys (or sticky keys, an old join lingering), but it is in the call once,
+    where it said it is last. (js lists them all; !status, key sharing and the people count
+    would count the device several times.)"""
+    newest: dict[tuple[str, str], CallMembership] = {}
+    for m in members:
+        seen = newest.get(m.device_key)
+        if seen is None or (m.origin_server_ts, m.event_id) > (
+            seen.origin_server_ts,
+            seen.event_id,
+        ):
+            newest[m.device_key] = m
+    return [m for m in members if newest[m.device_key] is m]
 
 
 def transport_of(member: CallMembership, members: Sequence[CallMembership]) -> Transport | None:
