@@ -129,13 +129,32 @@ async def test_too_long_and_stale(setup) -> None:
 
 async def test_running_commands_are_bounded(setup, monkeypatch) -> None:
     d, replies, plugin = setup
+    now = [1000.0]
+    d._clock = lambda: now[0]
     monkeypatch.setattr(dispatch_module, "MAX_RUNNING_COMMANDS", 2)
     for _ in range(3):
         d.submit(msg("!slow"))
     await asyncio.sleep(0.05)
     assert replies == ["I am busy, please try again shortly."]
+    assert d.dropped == 1
+    # A flood is counted, and told "busy" once per room and interval, not once per command
+    # (found by a hostile test: 500 !np in 10 s).
+    for _ in range(200):
+        d.submit(msg("!np"))
+        d.submit(msg("chat, not a command"))  # never answered "busy", never counted
+    await asyncio.sleep(0.05)
+    assert replies == ["I am busy, please try again shortly."] and d.dropped == 201
+    d.submit(IncomingMessage("!other:x", "$ev", "@alice:x", "!np", int(time.time() * 1000)))
+    now[0] += dispatch_module.BUSY_NOTICE_INTERVAL_S
+    d.submit(msg("!np"))
+    await asyncio.sleep(0.05)
+    assert replies == ["I am busy, please try again shortly."] * 3 and d.dropped == 203
     plugin.release.set()
     await d.drain()
+    # ... and with the slots free again, commands run
+    d.submit(msg("!echo back"))
+    await d.drain()
+    assert replies[-1] == "back" and d.dropped == 203
 
 
 async def test_a_failing_reply_does_not_raise(setup) -> None:

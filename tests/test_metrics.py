@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from bot.app import CallBot
+from bot.commands import dispatch as dispatch_module
 from bot.config import parse_config
 from bot.errors import ConfigError
+from bot.matrix.messages import IncomingMessage
 from bot.testing import PluginHarness
 from plugins.recorder.plugin import Recorder, RecorderConfig
 from tests.conftest import bot_config, running_bot
@@ -51,6 +54,21 @@ def test_not_started_is_unhealthy(tmp_path: Path) -> None:
     bot = CallBot(parse_config(raw, base_dir=tmp_path, environ={}))
     ok, details = bot.metrics.health()
     assert not ok and details["status"] == "unhealthy"
+
+
+async def test_commands_refused_as_busy_are_counted(tmp_path: Path, monkeypatch) -> None:
+    raw = {
+        "matrix": {"homeserver": "http://127.0.0.1:1", "user_id": "@b:x", "password": "p"},
+        "bot": {"data_dir": str(tmp_path)},
+    }
+    bot = CallBot(parse_config(raw, base_dir=tmp_path, environ={}))
+    monkeypatch.setattr(dispatch_module, "MAX_RUNNING_COMMANDS", 0)
+    now_ms = int(time.time() * 1000)
+    for n in range(3):
+        bot.dispatcher.submit(IncomingMessage("!r:x", f"$e{n}", "@a:x", "!np", now_ms))
+    bot.dispatcher.submit(IncomingMessage("!r:x", "$chat", "@a:x", "hello", now_ms))
+    await bot.dispatcher.drain()  # the one "busy" reply fails (not logged in): logged only
+    assert "callbot_commands_dropped_total 3.0" in bot.metrics.render().decode()
 
 
 @pytest.mark.parametrize("address", ["9464", "localhost:", "host:99999", ":80"])

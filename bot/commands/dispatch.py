@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: At most this many commands run at once; more are refused ("drop_newest") with a reply.
 MAX_RUNNING_COMMANDS = 32
+#: ... that reply goes to a room at most this often: a flood must not become a flood of
+#: replies (each refusal is counted in /metrics all the same).
+BUSY_NOTICE_INTERVAL_S = 10.0
+BUSY_REPLY = "I am busy, please try again shortly."
 #: A device the trust policy refuses is told why at most this often (then ignored).
 INSECURE_NOTICE_INTERVAL_S = 3600.0
 INSECURE_DEVICE_REPLY = (
@@ -58,8 +62,12 @@ class Dispatcher:
         self._reply = reply
         self.max_age_s = max_age_s
         self._running: set[asyncio.Task[None]] = set()
-        #: commands answered "busy" (past MAX_RUNNING_COMMANDS): /metrics
+        #: commands refused as "busy" (past MAX_RUNNING_COMMANDS), told or not: /metrics
         self.dropped = 0
+        #: room → when it was last told "busy"
+        self._told_busy: dict[str, float] = {}
+        #: "busy" replies being sent: not commands, so they take no command slot
+        self._busy_replies: set[asyncio.Task[None]] = set()
         self._insecure_device = insecure_device
         self._clock = clock
         #: (user, device) → when that insecure device was last told why it is ignored
@@ -67,22 +75,38 @@ class Dispatcher:
 
     def submit(self, msg: IncomingMessage) -> None:
         """Handle a message in the background so the sync loop never waits on a command."""
+        if parse_command(msg.body, self.prefix) is None:
+            return  # chat, not a command: nothing to run, and no reason to say "busy"
         if len(self._running) >= MAX_RUNNING_COMMANDS:
-            self.dropped += 1
-            log.warning(
-                "too many running commands, dropping one",
-                extra=context(room=msg.room_id, user=msg.sender),
-            )
-            task = asyncio.create_task(self._say(msg, "I am busy, please try again shortly."))
-        else:
-            task = asyncio.create_task(self.handle(msg))
+            self._refuse_busy(msg)
+            return
+        task = asyncio.create_task(self.handle(msg))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
+    def _refuse_busy(self, msg: IncomingMessage) -> None:
+        self.dropped += 1
+        ctx = context(room=msg.room_id, user=msg.sender)
+        now = self._clock()
+        told = self._told_busy.get(msg.room_id)
+        if told is not None and now - told < BUSY_NOTICE_INTERVAL_S:
+            log.debug("too many running commands, dropping one (room told already)", extra=ctx)
+            return
+        log.warning("too many running commands, dropping one", extra=ctx)
+        if len(self._told_busy) > 10_000:  # bounded: only recent notices matter
+            self._told_busy = {
+                r: t for r, t in self._told_busy.items() if now - t < BUSY_NOTICE_INTERVAL_S
+            }
+        self._told_busy[msg.room_id] = now
+        task = asyncio.create_task(self._say(msg, BUSY_REPLY))
+        self._busy_replies.add(task)
+        task.add_done_callback(self._busy_replies.discard)
+
     async def drain(self) -> None:
-        """Wait for running commands (used at shutdown)."""
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        """Wait for running commands and replies (used at shutdown)."""
+        pending = self._running | self._busy_replies
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def handle(self, msg: IncomingMessage) -> None:
         parsed = parse_command(msg.body, self.prefix)
