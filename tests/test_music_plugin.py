@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.commands.registry import CommandContext, CommandRegistry
 from bot.errors import CommandError
@@ -185,3 +187,16 @@ def test_parse_time() -> None:
     assert parse_time("45") == 45 and parse_time("2.5") == 2.5
     assert parse_time("+15", now=100) == 115 and parse_time("-10", now=5) == 0
     assert parse_time("1:75") is None and parse_time("abc") is None
+    assert parse_time("\u0663:\u0660\u0665") == 185  # decimal digits of any script are read ...
+    assert parse_time("²") is None and parse_time("1:²") is None  # ... other digits are not
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="0123456789:+-.²٣①", max_size=30)
+    | st.integers(4000, 5000).map(lambda n: "9" * n + ":00:00")
+)
+def test_parse_time_is_total(text: str) -> None:
+    # int() refuses numbers of over 4,300 digits: hours of that many must be refused
+    value = parse_time(text, now=10.0)
+    assert value is None or value >= 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 
 from bot.commands.registry import Arg, CommandContext, command
 from bot.errors import CommandError
@@ -111,10 +112,17 @@ class MusicPlayer(Plugin):
     )
     async def play(self, ctx: CommandContext, what: str) -> None:
         player = self._player()
+        what = checked_source(what)
         try:
             source = await self._call().run_blocking(classify, what, self.policy)
         except SourceError as e:
-            raise CommandError(str(e)) from None
+            raise CommandError(_unechoed(str(e), what)) from None
+        except OSError:
+            # what the file system makes of an odd name (a part over 255 bytes, ...): it is
+            # no file of the music folder either way
+            raise CommandError(f"Nothing in the music folder matches {_shown(what)}.") from None
+        except ValueError:  # urlsplit's, of "http://[::1" and the like
+            raise CommandError(f"I cannot read {_shown(what)} as a file name or URL.") from None
         track = Track(source.label, ctx.sender, player.clock(), source.title, source=source)
         idle = player.state is State.IDLE and self.queue.current is None
         try:
@@ -201,10 +209,11 @@ class MusicPlayer(Plugin):
             await ctx.reply(f"Volume: {round(self.chain.volume * 100)}%")
             return
         text = percent.strip().rstrip("%")
-        if not text.isdigit() or not 0 <= int(text) <= 200:
+        level = _number(text, 3)
+        if level is None or not 0 <= level <= 200:
             raise CommandError(f"Usage: {ctx.prefix}volume 0-200 (percent; 100 is normal)")
-        self.chain.volume = int(text) / 100
-        await ctx.reply(f"Volume: {int(text)}%")
+        self.chain.volume = level / 100
+        await ctx.reply(f"Volume: {level}%")
 
     @command(
         help="Repeat: !loop off, one (this track) or all (the queue)",
@@ -227,15 +236,16 @@ class MusicPlayer(Plugin):
 
     @command(help="Remove a track from the queue: !remove <n> (n as in !queue)", args=[Arg("n")])
     async def remove(self, ctx: CommandContext, n: str) -> None:
-        if not n.strip().isdigit():
+        position = _number(n.strip(), 6)
+        if position is None:
             raise CommandError(f"Usage: {ctx.prefix}remove <n>, n as {ctx.prefix}queue shows")
         try:
-            track = self.queue.remove(int(n))
+            track = self.queue.remove(position)
         except IndexError:
             raise CommandError(
-                f"There is no #{n} in the queue ({len(self.queue)} tracks)."
+                f"There is no #{position} in the queue ({len(self.queue)} tracks)."
             ) from None
-        await ctx.reply(f"Removed #{n}: {track.name}")
+        await ctx.reply(f"Removed #{position}: {track.name}")
 
     @command(help="Empty the queue (what plays now plays on)")
     async def clear(self, ctx: CommandContext) -> None:
@@ -272,10 +282,51 @@ class MusicPlayer(Plugin):
         return player
 
 
+#: The longest file name or URL !play reads (long signed URLs fit; a pasted page does not).
+MAX_SOURCE_CHARS = 2000
+
+
+def checked_source(what: str) -> str:
+    """``what`` if it can name a file or a URL; CommandError (never echoing it) if not."""
+    if len(what) > MAX_SOURCE_CHARS:
+        raise CommandError(
+            f"That is too long for a file name or a URL (over {MAX_SOURCE_CHARS} characters)."
+        )
+    # NUL and other control characters are in no URL and no sane file name, and the file
+    # system refuses some of them with errors of its own.
+    if any(unicodedata.category(c) == "Cc" for c in what):
+        raise CommandError("File names and URLs hold no control characters (tabs, NUL, ...).")
+    return what
+
+
+def _number(text: str, digits: int) -> int | None:
+    """A whole number of at most ``digits`` decimal digits; None if not.
+
+    ``isdecimal()``, not ``isdigit()``: that is also true of ``²`` and ``①``, which ``int()``
+    refuses. Decimal digits of any script (``٣``) it reads.
+    """
+    return int(text) if text.isdecimal() and len(text) <= digits else None
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` for a reply, quoted and cut short: a reply never repeats a whole paste."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _unechoed(message: str, what: str) -> str:
+    """A refusal about ``what`` with ``what`` itself cut short (sources quote it whole)."""
+    what = what.strip()
+    if len(what) <= 40:
+        return message
+    return message.replace(repr(what), _shown(what)).replace(what, _shown(what)[1:-1])
+
+
 def parse_time(text: str, now: float = 0.0) -> float | None:
     """``1:30``, ``1:02:03``, ``90`` (seconds), or relative ``+15`` / ``-10``; None if not."""
     text = text.strip()
-    m = re.fullmatch(r"([+-]?)(?:(?:(\d+):)?(\d{1,2}):)?(\d+(?:\.\d+)?)", text)
+    # \d is any decimal digit, all of which int() reads; the hours are bounded because int()
+    # refuses numbers of over 4,300 digits
+    m = re.fullmatch(r"([+-]?)(?:(?:(\d{1,6}):)?(\d{1,2}):)?(\d+(?:\.\d+)?)", text)
     if m is None:
         return None
     sign, hours, minutes, seconds = m.groups()
