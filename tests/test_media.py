@@ -16,6 +16,7 @@ import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -171,15 +172,23 @@ class Scene:
 
 @contextlib.asynccontextmanager
 async def scene(
-    synapse: Synapse, sfu: DevSfu, tmp_path: Path, extra: tuple[Plugin, ...] = ()
+    synapse: Synapse,
+    sfu: DevSfu,
+    tmp_path: Path,
+    extra: tuple[Plugin, ...] = (),
+    join_config: dict[str, Any] | None = None,
 ) -> AsyncIterator[Scene]:
+    """The bot and alice (matrix-js-sdk) in an encrypted call; ``join_config`` overrides
+    alice's js MembershipManager settings (Element Call's by default)."""
     bot_account = synapse.register("bot")
     focus = {"type": "livekit", "livekit_service_url": sfu.http_url}
-    config = bot_config(synapse, bot_account, tmp_path / "data")
+    # The SFU is the bot's own (a focus a member chose is used only if the config trusts it).
+    rtc = {"livekit_service_url": sfu.http_url}
+    config = bot_config(synapse, bot_account, tmp_path / "data", rtc=rtc)
     async with running_bot(config) as bot, js_peer(synapse, tmp_path, "alice") as alice:
         room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
         await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
-        await alice.call("rtc_join", room_id=room, foci=[focus])
+        await alice.call("rtc_join", room_id=room, foci=[focus], config=join_config or {})
         session = bot.rtc.get_room_session(room)
         await wait_until(lambda: session.memberships, TIMEOUT, "alice's membership")
         listener = Listener()
