@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 
+from bot import outbound
 from bot.commands.core import CoreCommands
 from bot.commands.dispatch import Dispatcher
 from bot.commands.permissions import UserPatterns
@@ -19,6 +20,7 @@ from bot.matrix.messages import IncomingMessage, notice
 from bot.matrix.trust import IdentityChanged
 from bot.media.calls import CallMediaManager
 from bot.metrics import BotMetrics
+from bot.outbound import OutboundPolicy
 from bot.plugin import Plugin
 from bot.plugin_loader import LoadedPlugin, load_plugins
 from bot.rtc.autoleave import AutoLeave, AutoLeavePolicy
@@ -151,6 +153,8 @@ class CallBot:
         return self.call_commands.status_lines()
 
     async def start(self) -> None:
+        # One policy for every URL someone else chose (call foci, music), from [outbound].
+        outbound.configure(OutboundPolicy.from_config(self.config))
         await self.matrix.start()
         if self.config.metrics.address:
             await self.metrics.serve(self.config.metrics.address)

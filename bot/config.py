@@ -176,6 +176,9 @@ class RtcConfig:
     auto_leave_grace: float = _check(_non_negative, default=30.0)
     #: ... or this many seconds after joining, if nobody else has been in the call since.
     wait_for_participants: float = _check(_non_negative, default=600.0)
+    #: After a crash, re-join the calls the bot was in that are still going on (their
+    #: recordings and transcripts continue in the same call folder; bot.rtc.resume).
+    rejoin_after_restart: bool = True
     #: Calls the bot is in at once at most (bot.rtc.capacity); joins past it are ...
     max_calls: int = _check(_at_least_one, default=20)
     #: ... refused with a reply naming this limit ("refuse"), or wait, first come first
@@ -185,6 +188,54 @@ class RtcConfig:
     @property
     def mints_tokens(self) -> bool:
         return bool(self.livekit_url and self.livekit_api_key and self.livekit_api_secret)
+
+
+def _allow_entries(v: tuple[str, ...]) -> str | None:
+    from bot.outbound import parse_allow
+
+    try:
+        parse_allow(v)
+    except ValueError as e:
+        return f"entries must be networks like '10.0.0.0/8' or host names like 'sfu.lan': {e}"
+    return None
+
+
+def _http_urls(v: tuple[str, ...]) -> str | None:
+    for url in v:
+        if why := _http_url(url):
+            return why
+        if "@" in urlsplit(url).netloc:
+            return f"must not hold a user name or password, got {_without_userinfo(url)!r}"
+    return None
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """``[outbound]``: what the bot may fetch of the URLs others choose (call foci and
+    their JWT services, .well-known, music URLs and their redirects; bot.outbound)."""
+
+    #: Networks ("10.0.0.0/8", "fd00::/8", "192.168.1.20") and host names ("sfu.lan",
+    #: "*.lan") that may be contacted although they are loopback, private or link-local.
+    #: URLs written in this config (matrix.homeserver, rtc.livekit_service_url,
+    #: outbound.openid_services) are allowed without being listed.
+    allow: tuple[str, ...] = _check(_allow_entries, default=())
+    #: More MatrixRTC authorization (JWT) services the bot's OpenID token may go to, as
+    #: base URLs; rtc.livekit_service_url and those the bot's homeserver advertises always
+    #: may. A call whose focus is none of these is joined on the bot's own transport.
+    openid_services: tuple[str, ...] = _check(_http_urls, default=())
+    #: Send the OpenID token to any JWT service a call names (Element Call's behaviour: it
+    #: lets the bot join calls hosted on other servers' SFUs, and lets whoever posts a call
+    #: membership receive a token that proves the bot's identity).
+    openid_any_service: bool = False
+    #: A request to such a URL (JWT service, .well-known) gives up after this long, seconds.
+    timeout_s: float = _check(_positive, default=20.0)
+    #: Their answers may be at most this large, bytes.
+    max_response_bytes: int = _check(_at_least_one, default=1_048_576)
 
 
 def _timezone(v: str) -> str | None:
@@ -258,6 +309,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def allowed_user_globs(self) -> tuple[str, ...]:

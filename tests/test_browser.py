@@ -67,7 +67,9 @@ async def browser_scene(
 ) -> AsyncIterator[BrowserScene]:
     bot_account = synapse.register("bot")
     focus = {"type": "livekit", "livekit_service_url": sfu.http_url}
-    config = bot_config(synapse, bot_account, tmp_path / "data")
+    config = bot_config(
+        synapse, bot_account, tmp_path / "data", rtc={"livekit_service_url": sfu.http_url}
+    )
     async with (
         running_bot(config) as bot,
         js_peer(synapse, tmp_path, "alice") as alice,

@@ -66,6 +66,12 @@ async def _wait_own_key(peer: JsPeer, room: str, index: int):
     )
 
 
+def own_sfu(jwt: DevSfu) -> dict[str, str]:
+    """The dev JWT service as the bot's own: a focus a member chose is used only if the
+    config trusts it (bot.outbound), and alice's is this one."""
+    return {"livekit_service_url": jwt.http_url}
+
+
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
@@ -76,7 +82,7 @@ async def test_bot_joins_a_js_call_and_keys_flow_both_ways(
     bot_account = synapse.register("bot")
     async with js_peer(synapse, tmp_path, "alice") as alice:
         focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
-        config = bot_config(synapse, bot_account, tmp_path / "data")
+        config = bot_config(synapse, bot_account, tmp_path / "data", rtc=own_sfu(jwt))
         async with running_bot(config) as bot:
             room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
             await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
@@ -155,7 +161,7 @@ async def test_keys_rotate_when_a_js_peer_leaves(synapse: Synapse, jwt: DevSfu, 
         js_peer(synapse, tmp_path, "bob") as bob,
     ):
         focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
-        config = bot_config(synapse, bot_account, tmp_path / "data")
+        config = bot_config(synapse, bot_account, tmp_path / "data", rtc=own_sfu(jwt))
         async with running_bot(config) as bot:
             invite = [bot_account.user_id, bob.user_id]
             room = (await alice.call("create_room", invite=invite))["room_id"]
@@ -232,7 +238,10 @@ async def test_sticky_memberships_with_a_matrix_2_0_js_peer(
     async with js_peer(synapse, tmp_path, "alice") as alice:
         focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
         config = bot_config(
-            synapse, bot_account, tmp_path / "data", rtc={"membership_format": "sticky"}
+            synapse,
+            bot_account,
+            tmp_path / "data",
+            rtc={"membership_format": "sticky", **own_sfu(jwt)},
         )
         async with running_bot(config) as bot:
             room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]

@@ -11,6 +11,7 @@ from bot.commands.registry import CommandContext, command
 from bot.errors import CommandError
 from bot.log import context
 from bot.matrix.rest import MatrixHttpError
+from bot.outbound import display_origin
 from bot.rtc.capacity import JoinCancelled, OnQueued, calls
 from bot.rtc.focus import RtcError
 from bot.rtc.manager import MatrixRTCSessionManager
@@ -83,7 +84,8 @@ class CallCommands:
             return  # withdrawn by !leave, which said so
         except (RtcError, MatrixHttpError) as e:
             raise CommandError(str(e)) from None
-        service = access.transport.get("livekit_service_url", "?")
+        # Scheme, host and port only: the URL is a member's choice and may carry anything.
+        service = display_origin(str(access.transport.get("livekit_service_url", "?")))
         await ctx.reply(f"{started} the call (SFU via {service}; {others()} other members).")
 
     def _queued_done(self, ctx: CommandContext) -> Callable[[asyncio.Task[Any]], None]:
@@ -144,7 +146,8 @@ def describe(session: MatrixRTCSession, media_state: MediaState | None = None) -
     me = (session.client.user_id, session.client.device_id)
     if session.is_joined:
         key = session.own_key
-        focus = (session.sfu.transport.get("livekit_service_url") if session.sfu else None) or "?"
+        url = session.sfu.transport.get("livekit_service_url") if session.sfu else None
+        focus = display_origin(url) if isinstance(url, str) else "?"
         head = (
             f"Call in {session.room_id}: joined, focus {focus}, "
             f"my key index {key.index if key else 'none yet'}"

@@ -6,22 +6,32 @@ service URL, the homeserver's ``/rtc/transports`` (MSC4143), then the legacy
 exchanged at the MatrixRTC authorization service (``/sfu/get`` for legacy memberships,
 ``/get_token`` for sticky ones), or a token minted directly with the LiveKit key and secret,
 with the identity and room name the service would have used.
+
+The focus of a call is chosen by whoever posted the oldest membership, so it is fetched only
+under the outbound policy (``bot.outbound``): a focus whose address is refused is skipped
+with a log line and never contacted, and the bot's OpenID token goes only to the JWT
+services of its config and of its own homeserver (or any, with ``outbound.openid_any_service``).
+Errors name the service's host, never what it answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import aiohttp
 import nio
 
+from bot import outbound
 from bot.config import RtcConfig
 from bot.errors import CallbotError
-from bot.log import register_secret
+from bot.log import context, register_secret
 from bot.matrix import rest
+from bot.outbound import OutboundError, OutboundPolicy, display_host
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 from bot.rtc.membership import DEFAULT_SLOT_ID
 
@@ -53,11 +63,7 @@ async def discover_transport(client: nio.AsyncClient, cfg: RtcConfig) -> dict[st
     """Our own LiveKit transport; RtcError if there is none."""
     if cfg.livekit_service_url:
         return livekit_transport(cfg.livekit_service_url)
-    for t in await rest.rtc_transports(client):
-        if t.get("type") == "livekit" and isinstance(t.get("livekit_service_url"), str):
-            return dict(t)
-    server = client.user_id.split(":", 1)[1]
-    for t in await _well_known_foci(server):
+    for t in await own_transports(client):
         return t
     raise RtcError(
         "no MatrixRTC transport: the homeserver advertises none (MSC4143 rtc/transports or "
@@ -65,26 +71,90 @@ async def discover_transport(client: nio.AsyncClient, cfg: RtcConfig) -> dict[st
     )
 
 
+async def own_transports(client: nio.AsyncClient) -> list[dict[str, Any]]:
+    """The LiveKit transports the bot's own homeserver advertises (rtc/transports, then
+    .well-known)."""
+    found = [
+        dict(t)
+        for t in await rest.rtc_transports(client)
+        if t.get("type") == "livekit" and isinstance(t.get("livekit_service_url"), str)
+    ]
+    return found or await _well_known_foci(client.user_id.split(":", 1)[1])
+
+
 async def _well_known_foci(server_name: str) -> list[dict[str, Any]]:
     url = f"https://{server_name}/.well-known/matrix/client"
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-            http.get(url) as resp,
-        ):
-            if resp.status != 200:
-                return []
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        resp = await outbound.fetch("GET", url)
+        data = resp.json() if resp.status == 200 else None
+    except (OutboundError, ValueError):
         return []
     foci = data.get(WELL_KNOWN_FOCI) if isinstance(data, dict) else None
     return [
         dict(f)
-        for f in foci or []
+        for f in (foci if isinstance(foci, list) else [])
         if isinstance(f, dict)
         and f.get("type") == "livekit"
         and isinstance(f.get("livekit_service_url"), str)
     ]
+
+
+async def choose_transport(
+    client: nio.AsyncClient,
+    cfg: RtcConfig,
+    candidates: Iterable[dict[str, Any] | None],
+    room_id: str = "",
+) -> dict[str, Any]:
+    """The first of ``candidates`` (the call's focus, chosen by a member) the bot may use,
+    else its own transport. One it may not use is skipped with a log line, not contacted."""
+    for transport in candidates:
+        if transport is None:
+            continue
+        if cfg.mints_tokens:  # the service URL is never contacted: the bot has its own SFU
+            return transport
+        try:
+            await check_transport(client, transport)
+            return transport
+        except OutboundError as e:
+            log.warning(
+                "not using the call's focus: %s; joining on my own transport",
+                e,
+                extra=context(room=room_id),
+            )
+    return await discover_transport(client, cfg)
+
+
+async def check_transport(
+    client: nio.AsyncClient, transport: dict[str, Any], policy: OutboundPolicy | None = None
+) -> None:
+    """OutboundError unless the bot may send its OpenID token to ``transport``'s JWT
+    service and connect to its address (first look: the connection checks again)."""
+    policy = policy or outbound.current()
+    service = transport.get("livekit_service_url")
+    if not isinstance(service, str):
+        raise OutboundError("the call's focus has no livekit_service_url")
+    checked = policy.check_url(service)
+    await _trusted_service(client, service, policy)
+    if checked.trusted or policy.host_allowed(checked.host):
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(checked.host, checked.port)
+    except (OSError, UnicodeError):
+        raise OutboundError(f"{checked.display} could not be found", checked.host) from None
+    policy.check_addresses(checked.host, [str(i[4][0]) for i in infos])
+
+
+async def _trusted_service(client: nio.AsyncClient, service: str, policy: OutboundPolicy) -> None:
+    if policy.trusts_openid(service):
+        return
+    advertised = [str(t["livekit_service_url"]) for t in await own_transports(client)]
+    if not policy.trusts_openid(service, advertised):
+        raise OutboundError(
+            f"{display_host(service)} is not a MatrixRTC authorization service I send my "
+            "OpenID token to (rtc.livekit_service_url, outbound.openid_services, or one my "
+            "homeserver advertises)",
+            display_host(service),
+        )
 
 
 async def openid_token(client: nio.AsyncClient) -> dict[str, Any]:
@@ -121,8 +191,13 @@ async def sfu_access(
             slot_id=slot_id,
         )
     service = str(transport.get("livekit_service_url", "")).rstrip("/")
-    if not service.startswith(("http://", "https://")):
-        raise RtcError(f"the call's transport has no usable livekit_service_url: {transport}")
+    host = display_host(service)
+    policy = outbound.current()
+    try:
+        policy.check_url(service)
+        await _trusted_service(client, service, policy)
+    except OutboundError as e:
+        raise RtcError(f"I cannot use the call's authorization service: {e}.") from None
     token = await openid_token(client)
     if member_id is None:
         path, body = (
@@ -146,22 +221,49 @@ async def sfu_access(
         )
         identity = hashed_identity(client.user_id, client.device_id, member_id, go=True)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
-            http.post(service + path, json=body) as resp,
-        ):
-            data = await resp.json(content_type=None)
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-        raise RtcError(f"cannot reach the call's authorization service {service}: {e}") from None
-    if status != 200 or not isinstance(data, dict):
-        detail = data.get("error") or data.get("errcode") if isinstance(data, dict) else data
-        raise RtcError(f"the authorization service {service} refused: HTTP {status} {detail}")
+        resp = await outbound.fetch("POST", service + path, json=body, policy=policy)
+    except OutboundError as e:
+        raise RtcError(f"I cannot reach the call's authorization service: {e}.") from None
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if resp.status != 200 or not isinstance(data, dict):
+        # Never the answer's text in the room: a hostile service would put anything there.
+        # An errcode-like word goes to the log.
+        code = data.get("errcode") if isinstance(data, dict) else None
+        if isinstance(code, str) and re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", code):
+            log.info("the authorization service %s answered %s %s", host, resp.status, code)
+        raise RtcError(f"the call's authorization service {host} refused: HTTP {resp.status}")
     url, jwt = data.get("url"), data.get("jwt")
     if not isinstance(url, str) or not isinstance(jwt, str):
-        raise RtcError(f"the authorization service {service} answered without url and jwt")
+        raise RtcError(f"the authorization service {host} answered without url and jwt")
     register_secret(jwt)
+    await _check_livekit_url(url, service, policy)
     return SfuAccess(url=url, jwt=jwt, identity=identity, transport=transport)
+
+
+async def _check_livekit_url(url: str, service: str, policy: OutboundPolicy) -> None:
+    """The SFU a JWT service sends the bot to: ws(s), on the service's own host or at an
+    address the policy allows. The LiveKit SDK connects by itself, so this is a first look
+    only; a trusted JWT service is trusted this far."""
+    scheme, sep, rest_ = url.partition("://")
+    if not sep or scheme.lower() not in ("ws", "wss"):
+        raise RtcError(f"the authorization service {display_host(service)} answered no ws URL")
+    as_http = ("https" if scheme.lower() == "wss" else "http") + "://" + rest_
+    try:
+        checked = policy.check_url(as_http)
+        if checked.trusted or checked.host == policy.check_url(service).host:
+            return
+        if policy.host_allowed(checked.host):
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(checked.host, checked.port)
+        except (OSError, UnicodeError):
+            return  # the SDK will say it cannot connect
+        policy.check_addresses(checked.host, [str(i[4][0]) for i in infos])
+    except OutboundError as e:
+        raise RtcError(f"the call's SFU is refused: {e}.") from None
 
 
 def mint_token(

@@ -21,7 +21,7 @@ from bot.log import context
 from bot.matrix import todevice
 from bot.matrix.sticky import StickyStore
 from bot.rtc.capacity import CallSlots, OnQueued
-from bot.rtc.focus import RtcError, SfuAccess, discover_transport, sfu_access
+from bot.rtc.focus import RtcError, SfuAccess, choose_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
 from bot.rtc.keys import (
     KEYS_EVENT_TYPE,
@@ -224,9 +224,11 @@ class MatrixRTCSession:
     async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
         member_id = await self._manager.prepare()
         await self._check_power_level()
-        transport = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
-        if transport is None:
-            transport = self.active_transport() or await discover_transport(self.client, self.cfg)
+        preferred = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
+        # The call's focus is a member's choice: used only if the outbound policy allows it.
+        transport = await choose_transport(
+            self.client, self.cfg, (preferred, self.active_transport()), self.room_id
+        )
         self.sfu = await sfu_access(
             self.client, self.cfg, transport, self.room_id, member_id=member_id
         )

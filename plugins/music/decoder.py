@@ -16,7 +16,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from plugins.music.sources import Source, SourceError, SourcePolicy, prepare
+from bot.outbound import OutboundError, Unreachable
+from plugins.music.remote import RemoteFile
+from plugins.music.sources import Source, SourceError, SourcePolicy, prepare, refused
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +117,11 @@ class Decoder:
         location = source.location
         if source.kind == "file" and not Path(location).is_file():
             raise SourceError("the file is gone from the music folder")
+        opener = _Opener(source, self.policy, self._stop) if source.kind == "url" else None
         try:
-            container = av.open(location, options=source.options, timeout=(timeout, timeout))
+            container = av.open(
+                location, options=source.options, timeout=(timeout, timeout), io_open=opener
+            )
         except Exception as e:
             raise SourceError(describe(e)) from None
         with container:
@@ -126,7 +131,11 @@ class Decoder:
             duration = container.duration / 1e6 if container.duration else None
             if duration is not None and duration <= 0:
                 duration = None
-            title = _title(container, stream) or source.title
+            title = (
+                _title(container, stream)
+                or source.title
+                or (opener.station_name() if opener else None)
+            )
             seekable = duration is not None
             if not self._put(Opened(title, duration, seekable)):
                 return
@@ -179,6 +188,40 @@ class Decoder:
             pending = pending[FRAME:]
 
 
+class _Opener:
+    """FFmpeg's ``io_open`` for a URL source: the URL itself and whatever it leads FFmpeg to
+    open (an HLS stream's playlists and segments) are fetched by the bot, under its
+    outbound policy; FFmpeg makes no connection of its own."""
+
+    def __init__(self, source: Source, policy: SourcePolicy, stop: threading.Event) -> None:
+        self.policy, self.stop, self.timeout = policy.network(), stop, policy.timeout_s
+        self.headers = _headers(source.options.get("headers", ""))
+        if agent := source.options.get("user_agent"):
+            self.headers.setdefault("User-Agent", agent)
+        self.first: RemoteFile | None = None
+
+    def __call__(self, url: str, flags: int, options: dict) -> RemoteFile:
+        if flags & 2:  # AVIO_FLAG_WRITE
+            raise OSError("writing is not allowed")
+        f = RemoteFile(url, self.policy, headers=self.headers, timeout=self.timeout, stop=self.stop)
+        self.first = self.first or f
+        return f
+
+    def station_name(self) -> str | None:
+        name = self.first.response_headers.get("icy-name") if self.first else None
+        return name.strip()[:200] or None if name else None
+
+
+def _headers(text: str) -> dict[str, str]:
+    """FFmpeg's ``headers`` option ("Name: value\r\n" lines, from yt-dlp) as a dict."""
+    out = {}
+    for line in text.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            out[name.strip()] = value.strip()
+    return {k: v for k, v in out.items() if v}
+
+
 def _title(container: av.container.InputContainer, stream: av.AudioStream) -> str | None:
     tags = {k.lower(): v for k, v in {**stream.metadata, **container.metadata}.items()}
     title = tags.get("title") or tags.get("icy-name")
@@ -191,6 +234,12 @@ def _title(container: av.container.InputContainer, stream: av.AudioStream) -> st
 def describe(e: BaseException) -> str:
     """FFmpeg's and the network's errors in words for the room."""
     # Never the exception's own text: FFmpeg's names the file, i.e. a path on the server.
+    # The outbound policy's names the host only.
+    if isinstance(e, Unreachable):
+        reason = {"refused": " (connection refused)", "timed out": " (timed out)"}
+        return "it could not be reached" + reason.get(e.reason, "")
+    if isinstance(e, OutboundError):
+        return refused(e)
     if isinstance(e, av.error.InvalidDataError):
         return "it is not audio I can play (FFmpeg: invalid data)"
     if isinstance(e, ConnectionRefusedError):

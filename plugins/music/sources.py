@@ -2,24 +2,29 @@
 
 - a file: a path inside the configured music folder (``..`` and links that lead out of it
   are refused), or words that name one file in it (``!play moonlight sonata``);
-- an HTTP(S) audio file or internet radio stream, opened by FFmpeg itself (``.pls`` and
-  ``.m3u`` station playlists are read for their first stream);
+- an HTTP(S) audio file or internet radio stream, fetched by the bot itself and fed to
+  FFmpeg (``plugins.music.remote``; ``.pls`` and ``.m3u`` station playlists are read for
+  their first stream);
 - a page of a video site, through yt-dlp (an optional extra), which finds the audio stream.
 
-URLs whose host resolves to a loopback or private address are refused unless the operator
-allows them, so the bot cannot be used to probe the network it runs in.
+Every URL is fetched under the bot's outbound policy (``bot.outbound``): addresses in
+loopback, private and link-local networks are refused, when the connection is made and at
+every redirect, unless ``[outbound] allow`` or ``plugins.music.allow_private_urls`` allows
+them, so the bot cannot be used to probe the network it runs in.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import re
 import socket
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bot import outbound
+from bot.outbound import OutboundError, OutboundPolicy
+from plugins.music.remote import USER_AGENT, read_limited
 
 #: File name endings the folder search considers (FFmpeg plays far more when named exactly).
 AUDIO_SUFFIXES = frozenset(
@@ -65,6 +70,14 @@ class SourcePolicy:
     allow_urls: bool = True
     allow_private_urls: bool = False
     timeout_s: float = 10.0
+    #: The bot's outbound policy; None: the process's (``bot.outbound.current()``).
+    outbound: OutboundPolicy | None = None
+
+    def network(self) -> OutboundPolicy:
+        """The policy the music plugin fetches under: the bot's, plus private addresses
+        when ``allow_private_urls`` is on."""
+        policy = self.outbound or outbound.current()
+        return policy.allowing_private() if self.allow_private_urls else policy
 
 
 def ytdlp_available() -> bool:
@@ -84,6 +97,10 @@ def classify(query: str, policy: SourcePolicy) -> Source:
         host = (urlsplit(query).hostname or "").lower()
         if not host:
             raise SourceError(f"{query} is not a valid URL.")
+        try:  # the form only (user info, a written address); names are looked up later
+            policy.network().check_url(query)
+        except OutboundError as e:
+            raise SourceError(refused(e)) from None
         if any(host == h or host.endswith("." + h) for h in PAGE_HOSTS):
             if not ytdlp_available():
                 raise SourceError(YTDLP_MISSING)
@@ -143,32 +160,38 @@ def prepare(source: Source, policy: SourcePolicy) -> Source:
 
 
 def check_address(url: str, policy: SourcePolicy) -> None:
-    """Refuse URLs that lead into loopback, private or link-local networks (unless allowed)."""
-    if policy.allow_private_urls:
-        return
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    """Refuse, early and in words, URLs that lead into loopback, private or link-local
+    networks (unless allowed). Only a first look: the connection checks again
+    (``plugins.music.remote``), so a name that changes its address gains nothing."""
+    network = policy.network()
     try:
-        infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError as e:
-        raise SourceError(f"{host} could not be found ({e.strerror or e}).") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise SourceError(
-                f"{host} is an address inside a private network ({address}); I do not fetch "
-                "from there (plugins.music.allow_private_urls)."
-            )
+        checked = network.check_url(url)
+        if checked.trusted or network.allow_private:
+            return
+        try:
+            infos = socket.getaddrinfo(checked.host, checked.port, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as e:
+            reason = getattr(e, "strerror", None) or "no such host"
+            raise SourceError(f"{checked.display} could not be found ({reason}).") from None
+        network.check_addresses(checked.host, [str(info[4][0]) for info in infos])
+    except OutboundError as e:
+        raise SourceError(refused(e)) from None
+
+
+def refused(e: OutboundError) -> str:
+    """An outbound refusal in words for the room, with the settings that change it."""
+    text = str(e)
+    if "private network" in text:
+        text += " (outbound.allow, plugins.music.allow_private_urls)"
+    return text
 
 
 def _first_stream_of_playlist(url: str, policy: SourcePolicy) -> str:
-    # Only http(s) URLs get here (classify); redirects stay within urllib's http(s) handlers.
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=policy.timeout_s) as response:  # noqa: S310
-            text = response.read(MAX_PLAYLIST_BYTES).decode("utf-8", "replace")
-    except OSError as e:
-        raise SourceError(f"the playlist could not be fetched ({_reason(e)})") from None
+        raw = read_limited(url, policy.network(), MAX_PLAYLIST_BYTES, policy.timeout_s)
+    except OutboundError as e:
+        raise SourceError(f"the playlist could not be fetched ({refused(e)})") from None
+    text = raw.decode("utf-8", "replace")
     for line in text.splitlines():
         line = line.strip()
         value = line.split("=", 1)[1].strip() if re.match(r"(?i)file\d+=", line) else line
@@ -181,6 +204,10 @@ def _from_ytdlp(source: Source, policy: SourcePolicy) -> Source:
     if not ytdlp_available():
         raise SourceError(YTDLP_MISSING)
     import yt_dlp  # optional extra
+
+    # yt-dlp fetches the page itself: only pages of the known sites get here (classify),
+    # and their address is checked first; the stream it finds is fetched by the bot.
+    check_address(source.location, policy)
 
     options = {
         "format": "bestaudio/best",
@@ -206,27 +233,15 @@ def _from_ytdlp(source: Source, policy: SourcePolicy) -> Source:
     return Source("url", stream, source.label, opts, title=info.get("title"))
 
 
-USER_AGENT = "matrix-callbot music player"
-
-
 def _url_options() -> dict[str, str]:
     return {
-        # Network protocols only: a remote playlist cannot make FFmpeg read local files.
-        "protocol_whitelist": "http,https,tcp,tls,crypto",
+        # FFmpeg opens nothing itself: every open goes through the bot's own fetcher
+        # (decoder.py's io_open), so no FFmpeg protocol is needed, and none is allowed, in
+        # case some demuxer opened a URL past io_open.
+        "protocol_whitelist": "none",
         "user_agent": USER_AGENT,
-        # Radio streams: reconnect after a dropped connection instead of ending.
-        "reconnect": "1",
-        "reconnect_streamed": "1",
-        "reconnect_delay_max": "4",
     }
 
 
 def _file_options() -> dict[str, str]:
     return {"protocol_whitelist": "file"}
-
-
-def _reason(e: BaseException) -> str:
-    reason = getattr(e, "reason", None)
-    if isinstance(reason, BaseException):
-        return _reason(reason)
-    return getattr(e, "strerror", None) or str(reason or e) or type(e).__name__
