@@ -42,9 +42,17 @@ def test_example_config_is_valid_and_documents_every_option() -> None:
     text = (REPO / "config.toml.example").read_text()
     import dataclasses
 
-    from bot.config import BotConfig, CommandConfig, LoggingConfig, MatrixConfig, RtcConfig
+    from bot.config import (
+        BotConfig,
+        CommandConfig,
+        LoggingConfig,
+        MatrixConfig,
+        OutboundConfig,
+        RtcConfig,
+    )
 
-    for section in (MatrixConfig, BotConfig, LoggingConfig, RtcConfig, CommandConfig):
+    sections = (MatrixConfig, BotConfig, LoggingConfig, RtcConfig, CommandConfig, OutboundConfig)
+    for section in sections:
         for f in dataclasses.fields(section):
             assert f.name in text, f"{section.__name__}.{f.name} is not in config.toml.example"
 
