@@ -26,6 +26,7 @@ from bot.plugin_loader import LoadedPlugin, load_plugins
 from bot.rtc.autoleave import AutoLeave, AutoLeavePolicy
 from bot.rtc.commands import CallCommands
 from bot.rtc.manager import MatrixRTCSessionManager
+from bot.rtc.resume import JoinedCalls
 from bot.schedule.commands import ScheduleCommands
 from bot.schedule.runner import ScheduledCalls
 from bot.schedule.scheduler import JobScheduler, default_store_url
@@ -37,6 +38,7 @@ REJOINED_NOTICE = (
     "My call membership had disappeared (the homeserver was unreachable for longer than my "
     "delayed leave, or it was removed), so I re-joined the call."
 )
+RESUMED_NOTICE = "I was restarted while in this call, so I re-joined it."
 
 #: a notice the bot must get across (re-joined, identity changed) is tried this often
 NOTICE_TRIES = 12
@@ -60,7 +62,10 @@ class CallBot:
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
         self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
-        self.media = CallMediaManager(self.matrix, self.rtc, self.optouts)
+        self.joined_calls = JoinedCalls(config.bot.data_dir, self.rtc)
+        self.media = CallMediaManager(
+            self.matrix, self.rtc, self.optouts, call_folder=self.joined_calls.folder_for
+        )
         self.metrics = BotMetrics(self.matrix, self.rtc, self.media)
         self.call_commands = CallCommands(self.rtc, self.media.e2ee_state, self.media.plugin_lines)
         self.auto_leave = (
@@ -166,6 +171,12 @@ class CallBot:
         if self.jobs is not None and self.scheduled is not None:
             # after the first sync, so jobs (and misfires) find their rooms
             self.jobs.start(self.scheduled, self.scheduled.missed)
+        if self.config.rtc.rejoin_after_restart:
+            # after the first sync: it tells which of those calls are still going on
+            for room_id in await self.joined_calls.rejoin():
+                await self._tell(room_id, RESUMED_NOTICE)
+        else:
+            self.joined_calls.forget_earlier()
         log.info(
             "ready: %d rooms, %d commands", len(self.matrix.joined_rooms()), len(self.registry)
         )

@@ -179,6 +179,9 @@ class CallContext(Protocol):
     #: This call's folder, ``<files_dir>/<UTC time the bot joined>``, where plugins put what
     #: they make of the call (recordings, transcripts). Not created until a plugin needs it.
     folder: Path
+    #: True when the bot re-joined this call after a restart (``rtc.rejoin_after_restart``):
+    #: ``folder`` is then the one from before, with what plugins wrote there before the crash.
+    resumed: bool
 
     def participants(self) -> list[Participant]: ...
 

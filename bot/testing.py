@@ -76,6 +76,7 @@ class FakeCall:
         self.room_id = room_id
         self.files_dir = files_dir or Path(tempfile.mkdtemp(prefix="callbot-test-"))
         self.folder = self.files_dir / "20260101T000000Z"
+        self.resumed = False
         self.members: list[Participant] = []
         self.opted_out_users: set[str] = set()
         self.posts: list[str] = []

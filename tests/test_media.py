@@ -526,8 +526,9 @@ async def recording_bot_process(
             lk = await lkclient.connect(
                 sfu.url, alice.identity, livekit_room_alias(room, "m.call#ROOM"), keys={}
             )
-            own = await alice.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
-            lk.set_key(alice.identity, base64.b64decode(own["key"]), own["index"])
+            await alice.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
+            # Her media side follows her Matrix side's keys (js rotates when a member leaves).
+            keys = asyncio.create_task(_follow_own_keys(alice, lk))
             tone = lkclient.Tone(440)
             await tone.publish(lk)
             await alice.call("send_text", room_id=room, body="!join")
@@ -550,6 +551,7 @@ async def recording_bot_process(
                     "transcribing",
                 )
             yield bot, cfg, alice, room
+            keys.cancel()
             await tone.stop()
             await lk.close()
         finally:
@@ -557,13 +559,25 @@ async def recording_bot_process(
                 await bot.stop(signal.SIGKILL)
 
 
-async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
+async def _follow_own_keys(alice: JsPeer, lk: lkclient.Client) -> None:
+    seen = 0
+    while True:
+        for e in alice.events[seen:]:
+            if e["event"] == "key" and e["own"]:
+                lk.set_key(alice.identity, base64.b64decode(e["key"]), e["index"])
+        seen = len(alice.events)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_killed_bot_finalizes_its_recording_rejoins_and_records_on(
     synapse: Synapse, sfu: DevSfu, tmp_path: Path
 ) -> None:
-    """The real `callbot run` records, is SIGKILLed, and on restart finalizes the recording."""
+    """The real `callbot run` records, is SIGKILLed, and on restart finalizes the recording,
+    re-joins the call (alice is still in it) and records on in the same call folder."""
+    from bot.app import RESUMED_NOTICE
     from tests.test_recorder import decode, level
 
-    async with recording_bot_process(synapse, sfu, tmp_path) as (bot, cfg, _, _):
+    async with recording_bot_process(synapse, sfu, tmp_path) as (bot, cfg, alice, _):
         await asyncio.sleep(3.0)
         await bot.stop(signal.SIGKILL)
         (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
@@ -577,6 +591,7 @@ async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
         assert samples.size / 48_000 > 1.5
         assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
 
+        mark = alice.mark()
         again = await BotProcess(cfg).start()
         try:
             await wait_until(
@@ -586,10 +601,38 @@ async def test_a_killed_bot_leaves_playable_recordings_and_finalizes_them(
                 TIMEOUT,
                 "the restart to finalize the recording",
             )
-            meta = json.loads((folder / "meta.json").read_text())
-            assert meta["complete"] is True and meta["interrupted"] is True
+            await wait_until(
+                lambda: again.logged("re-joined the call the bot was in before the restart"),
+                TIMEOUT,
+                "the re-join",
+            )
+            await wait_until(
+                lambda: any(e["msg"].startswith("recording to") for e in again.entries),
+                TIMEOUT,
+                "the recording to go on",
+            )
+            await alice.wait_event(
+                lambda e: e["event"] == "message" and e["body"] == RESUMED_NOTICE,
+                TIMEOUT,
+                since=mark,
+            )
+            await asyncio.sleep(4.0)
         finally:
             assert await again.stop() == 0
+    # One call folder; the second part's files beside the first's, alice's tone in both.
+    assert [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()] == [folder]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["complete"] is True and meta["part"] == 2
+    (earlier,) = meta["earlier_parts"]
+    assert alice_file.name in earlier["files"] and "mixed.ogg" in earlier["files"]
+    (interruption,) = meta["interruptions"]
+    assert interruption["from_utc"] <= interruption["until_utc"]
+    second = folder / alice_file.name.replace(".ogg", ".part2.ogg")
+    assert {p["file"] for p in meta["participants"]} == {second.name}
+    samples = decode(second)
+    assert samples.size / 48_000 > 1.5
+    assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
+    assert (folder / "mixed.part2.ogg").exists()
 
 
 async def test_sigterm_finishes_the_files_and_leaves_the_call(

@@ -276,3 +276,56 @@ async def test_a_cancelled_write_never_shares_a_writer_with_the_end_of_the_call(
     assert overlaps == 0
     meta = json.loads((call.folder / "meta.json").read_text())
     assert meta["complete"] is True
+
+
+async def test_a_resumed_call_records_on_in_the_same_folder_part_by_part(
+    tmp_path: Path,
+) -> None:
+    """After a crash and a re-join (bot.rtc.resume) the recording goes on beside the earlier
+    files, and meta.json tells the parts and the interruptions; two crashes make three parts."""
+    files_dir = tmp_path / "calls" / "room_x"
+
+    async def record_then_crash(resumed: bool) -> FakeCall:
+        call = FakeCall(room_id="!room:x", files_dir=files_dir)
+        call.resumed = resumed
+        h = PluginHarness(Recorder(RecorderConfig(upload_mixed=False)), call)
+        if resumed:
+
+            async def post(room_id: str, text: str) -> None:
+                pass
+
+            await Recorder.on_bot_start(tmp_path, post)
+        await h.start()  # a resumed call's recording goes on by itself
+        if not resumed:
+            await h.plugin.start()
+        assert h.plugin.recording is not None
+        await h.feed_audio(h.participant("@alice:x"), seconds=2.0, freq=440)
+        await h.router.stop()  # the bot dies: the plugin's on_call_end never runs
+        return call
+
+    first = await record_then_crash(resumed=False)
+    await record_then_crash(resumed=True)
+    third = await record_then_crash(resumed=True)
+    assert list(files_dir.iterdir()) == [first.folder]
+    assert "recorded again" not in " ".join(first.posts)
+    assert any("being recorded again" in text for text in third.posts)
+    names = {p.name for p in first.folder.iterdir()}
+    assert names == {
+        "meta.json",
+        *(
+            f"{stem}{part}.ogg"
+            for stem in ("mixed", "alice_x-DEVICE")
+            for part in ("", ".part2", ".part3")
+        ),
+    }
+    meta = json.loads((first.folder / "meta.json").read_text())
+    assert meta["part"] == 3 and meta["complete"] is False
+    assert [p.get("part", 1) for p in meta["earlier_parts"]] == [1, 2]
+    assert meta["earlier_parts"][1]["files"] == ["alice_x-DEVICE.part2.ogg", "mixed.part2.ogg"]
+    assert [p["file"] for p in meta["participants"]] == ["alice_x-DEVICE.part3.ogg"]
+    assert len(meta["interruptions"]) == 2
+    assert samples_of(first.folder / "alice_x-DEVICE.part3.ogg") > 0
+
+
+def samples_of(path: Path) -> int:
+    return decode(path).size

@@ -19,6 +19,7 @@ from bot.media.router import FrameRouter, PluginRunner
 from bot.plugin import Participant, Plugin
 from bot.rtc.focus import SfuAccess
 from bot.rtc.manager import MatrixRTCSessionManager
+from bot.rtc.resume import FOLDER_TIME, CallFolder
 from bot.rtc.session import JoinStateChanged, MatrixRTCSession
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ class Call:
         media: CallMedia,
         optouts: OptOuts,
         files_dir: Path,
+        folder: CallFolder | None = None,
     ) -> None:
         self._matrix = matrix
         self._optouts = optouts
         self.files_dir = files_dir
-        self.folder = files_dir / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        folder = folder or CallFolder(time.strftime(FOLDER_TIME, time.gmtime()))
+        self.folder = files_dir / folder.name
+        self.resumed = folder.resumed
         self._session = session
         self._media = media
         self.room_id = session.room_id
@@ -87,10 +91,16 @@ class Call:
 
 class CallMediaManager:
     def __init__(
-        self, matrix: MatrixClient, rtc: MatrixRTCSessionManager, optouts: OptOuts
+        self,
+        matrix: MatrixClient,
+        rtc: MatrixRTCSessionManager,
+        optouts: OptOuts,
+        call_folder: Callable[[str], CallFolder] | None = None,
     ) -> None:
         self.matrix = matrix
         self.optouts = optouts
+        #: which folder a room's call writes to (bot.rtc.resume: the same one after a restart)
+        self.call_folder = call_folder
         self.plugins: list[tuple[PluginFactory, frozenset[str] | None]] = []
         self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
         #: set once a joined call's plugins have started (or there are none to start)
@@ -219,7 +229,10 @@ class CallMediaManager:
         except Exception:
             log.exception("could not connect to the call's SFU", extra=ctx)
             return
-        call = Call(self.matrix, session, media, self.optouts, self.files_dir(session.room_id))
+        folder = self.call_folder(session.room_id) if self.call_folder is not None else None
+        call = Call(
+            self.matrix, session, media, self.optouts, self.files_dir(session.room_id), folder
+        )
         for plugin in plugins:
             try:
                 await plugin.on_call_start(call)

@@ -161,7 +161,11 @@ class MembershipManager:
         await self._stop_tasks()
         if self._delay_id is not None:
             await self._delayed_action("cancel")
-        self._created_ts = None
+        # A join says when it happened. matrix-js-sdk leaves created_ts out of a first join
+        # (the event's own time serves), but then a join whose content equals the current
+        # state (the bot restarted before its delayed leave fired) is deduplicated by Synapse:
+        # no new event, so the other members neither see us re-join nor send us their keys.
+        self._created_ts = int(self._clock() * 1000)
         self._seen_own = False
         await self._schedule_delayed_leave()
         event_id = await self._send(self.content())
@@ -259,8 +263,6 @@ class MembershipManager:
         """Called after every member recalculation: learn created_ts, re-join if it vanished."""
         if mine is not None:
             self._seen_own = True
-            if self._created_ts is None:
-                self._created_ts = mine.created_ts
             return
         if self.joined and self._seen_own and (self._rejoin is None or self._rejoin.done()):
             log.warning("our call membership disappeared; sending it again", extra=self._ctx)

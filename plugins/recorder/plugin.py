@@ -92,6 +92,17 @@ class _Recording:
     #: encoder abort the whole process (seen under load: silk/resampler.c assertion).
     lock: threading.RLock = field(default_factory=threading.RLock)
     closed: bool = False
+    #: 1, or 2, 3, ... for a recording that goes on after the bot was restarted mid-call: its
+    #: files are named ``<name>.part<N>.ogg`` beside the earlier parts' files
+    part: int = 1
+    #: what meta.json said of the earlier parts, and when the recording was interrupted
+    earlier_parts: list[dict[str, Any]] = field(default_factory=list)
+    interruptions: list[dict[str, Any]] = field(default_factory=list)
+    #: how many tracks the last meta.json written lists
+    tracks_in_meta: int = 0
+
+    def file_name(self, name: str) -> str:
+        return _part_name(name, self.part)
 
 
 class Recorder(Plugin):
@@ -134,7 +145,10 @@ class Recorder(Plugin):
 
     async def on_call_start(self, call: CallContext) -> None:
         self.call = call
-        if call.room_id in self.config.auto_rooms:
+        earlier = await call.run_blocking(_interrupted_here, call.folder) if call.resumed else None
+        if earlier is not None:
+            await self.start(earlier)
+        elif call.room_id in self.config.auto_rooms:
             await self.start()
 
     async def on_call_end(self) -> None:
@@ -156,12 +170,15 @@ class Recorder(Plugin):
 
     # ------------------------------------------------------------------ start / stop
 
-    async def start(self) -> None:
+    async def start(self, earlier: dict[str, Any] | None = None) -> None:
+        """Start recording; ``earlier``: the meta.json of this call's recording that a
+        restart interrupted, which this one continues (in the same folder)."""
         call = self._call()
+        what = "is being recorded" if earlier is None else "is being recorded again"
         try:
             await call.post(
-                "🔴 This call is being recorded. Type !optout to keep your voice and video "
-                "out of the recording."
+                f"🔴 This call {what}. Type !optout to keep your voice and video out of the "
+                "recording."
             )
         except Exception as e:  # no notice, no recording
             raise CommandError(
@@ -171,13 +188,23 @@ class Recorder(Plugin):
         # The call's folder (beside its transcript), unless an earlier recording of this
         # call is already there.
         folder = call.folder
-        if (folder / "meta.json").exists():
+        if earlier is None and (folder / "meta.json").exists():
             folder = call.files_dir / started_utc
         await call.run_blocking(lambda: folder.mkdir(mode=0o700, parents=True, exist_ok=True))
+        parts = [] if earlier is None else [*earlier.pop("earlier_parts", []), earlier]
+        part = len(parts) + 1
+        interruptions = [] if earlier is None else earlier.pop("interruptions", [])
+        if earlier is not None:
+            interruptions.append(
+                {"from_utc": earlier.get("last_write_utc"), "until_utc": started_utc}
+            )
         mix = await call.run_blocking(
-            OpusOggWriter, folder / "mixed.ogg", RATE, 1, self.config.bitrate
+            OpusOggWriter, folder / _part_name("mixed.ogg", part), RATE, 1, self.config.bitrate
         )
-        self.recording = _Recording(folder, started_utc, self._now, mix)
+        self.recording = _Recording(
+            folder, started_utc, self._now, mix, part=part, earlier_parts=parts
+        )
+        self.recording.interruptions = interruptions
         await call.run_blocking(self._write_meta, False)
         log.info("recording to %s", folder)
 
@@ -227,6 +254,10 @@ class Recorder(Plugin):
         if len(rec.pending) >= BATCH:
             batch, rec.pending = rec.pending, []
             await self._call().run_blocking(self._write_batch, rec, batch)
+            if len(rec.tracks) != rec.tracks_in_meta:
+                # Someone's first sound: meta.json names their file even if the bot dies.
+                rec.tracks_in_meta = len(rec.tracks)
+                await self._call().run_blocking(self._write_meta, False, rec)
 
     def _write_batch(self, rec: _Recording, frames: list[AudioFrame]) -> None:
         with rec.lock:
@@ -240,7 +271,7 @@ class Recorder(Plugin):
         track = rec.tracks.get(frame.participant.identity)
         t = frame.timestamp - rec.started_at
         if track is None:
-            name = _file_name(frame.participant)
+            name = rec.file_name(_file_name(frame.participant))
             writer = OpusOggWriter(rec.folder / name, RATE, 1, self.config.bitrate)
             track = _Track(frame.participant, writer, TrackTimeline(RATE), joined_at=max(0, t))
             rec.tracks[frame.participant.identity] = track
@@ -273,7 +304,7 @@ class Recorder(Plugin):
             if writer is not None:  # the camera changed size: a new file
                 writer.close()
             suffix = "" if writer is None else f"-{writer.frames}"
-            name = _file_name(frame.participant).replace(".ogg", f"{suffix}.webm")
+            name = rec.file_name(_file_name(frame.participant).replace(".ogg", f"{suffix}.webm"))
             writer = Vp8WebmWriter(
                 rec.folder / name, frame.width, frame.height, self.config.video_fps
             )
@@ -323,6 +354,11 @@ class Recorder(Plugin):
         rec = rec or self.recording
         if rec is None:
             return
+        with rec.lock:  # never an "incomplete" meta.json after the finished one
+            if not rec.closed or complete:
+                self._write_meta_locked(complete, rec)
+
+    def _write_meta_locked(self, complete: bool, rec: _Recording) -> None:
         call = self._call()
         meta = {
             "room_id": call.room_id,
@@ -350,6 +386,11 @@ class Recorder(Plugin):
             ),
             "lost": rec.gaps,
         }
+        if rec.part > 1:
+            # Restarts mid-call: each earlier part as its meta.json described it, and when the
+            # recording stopped and started again (the earlier files' last write, UTC).
+            meta.update(part=rec.part, earlier_parts=rec.earlier_parts)
+            meta["interruptions"] = rec.interruptions
         write_private_json(rec.folder / "meta.json", meta)
 
     def _call(self) -> CallContext:
@@ -370,6 +411,39 @@ def interrupted_recordings(data_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
         if isinstance(meta, dict) and meta.get("complete") is False and "room_id" in meta:
             found.append((meta_path, meta))
     return found
+
+
+def _interrupted_here(folder: Path) -> dict[str, Any] | None:
+    """The meta.json of the recording in ``folder`` if a crash interrupted it, with the time
+    of its files' last write (when the recording stopped, near enough)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        files = [p for p in folder.iterdir() if p.suffix in (".ogg", ".webm")]
+        last_write = max((p.stat().st_mtime for p in files), default=None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not (meta.get("interrupted") or meta.get("complete") is False):
+        return None
+    meta.pop("interrupted", None)
+    meta.pop("complete", None)
+    meta["files"] = sorted(p.name for p in files if _part_of(p.name) == meta.get("part", 1))
+    if last_write is not None:
+        meta["last_write_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(last_write))
+    return meta
+
+
+def _part_name(name: str, part: int) -> str:
+    """``mixed.ogg`` -> ``mixed.part2.ogg`` in the second part of a recording."""
+    if part == 1:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.part{part}{dot}{suffix}"
+
+
+def _part_of(name: str) -> int:
+    stem = name.rpartition(".")[0]
+    _, dot, number = stem.rpartition(".part")
+    return int(number) if dot and number.isdecimal() and number.isascii() else 1
 
 
 def _size(path: Path) -> int:
