@@ -108,6 +108,16 @@ class ParticipantEvent:
 
 
 @dataclass(frozen=True)
+class ConnectionChange:
+    """The call's media connection (the SFU) was lost, or is back: between the two, frames
+    are missing, not silent. ``reason``: a few words for logs and files."""
+
+    connected: bool
+    timestamp: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class AudioWants:
     sample_rate: int = 48_000
     channels: int = 1
@@ -251,6 +261,9 @@ class Plugin:
 
     async def on_participant(self, event: ParticipantEvent) -> None:
         """Someone joined, left, muted, unmuted, started or stopped speaking."""
+
+    async def on_connection(self, change: ConnectionChange) -> None:
+        """The SFU connection was lost or is back (the bot reconnects by itself)."""
 
     def metrics(self) -> dict[str, float]:
         """Figures for Prometheus, read when scraped (keep it cheap): each key becomes the

@@ -28,6 +28,7 @@ from bot.plugin import (
     AudioFrame,
     AudioWants,
     CallContext,
+    ConnectionChange,
     ParticipantChange,
     ParticipantEvent,
     Plugin,
@@ -53,10 +54,14 @@ class Listener(Plugin):
     def __init__(self) -> None:
         self.frames: list[AudioFrame] = []
         self.events: list[ParticipantEvent] = []
+        self.connection: list[ConnectionChange] = []
         self.call: CallContext | None = None
 
     async def on_participant(self, event: ParticipantEvent) -> None:
         self.events.append(event)
+
+    async def on_connection(self, change: ConnectionChange) -> None:
+        self.connection.append(change)
 
     async def on_call_start(self, call: CallContext) -> None:
         self.call = call
@@ -401,6 +406,10 @@ async def test_the_bot_reconnects_after_the_sfu_drops_it(
             listener.frames.clear()
             await wait_until(lambda: heard(listener, alice.user_id, 440), TIMEOUT, "440 again")
             assert s.bot.media.instance(s.room, Listener) is plugin_before
+            # The plugin was told the media was gone, then back.
+            lost, back = listener.connection
+            assert (lost.connected, back.connected) == (False, True)
+            assert lost.timestamp <= back.timestamp
             probe = lkclient.AudioProbe(await lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
             result = await probe.tone(near=660, timeout=TIMEOUT)
             assert abs(result.freq - 660) < 15, result

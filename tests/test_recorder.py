@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bot.errors import CommandError
-from bot.plugin import AudioFrame, Participant
+from bot.plugin import AudioFrame, ConnectionChange, Participant
 from bot.testing import FakeCall, PluginHarness
 from plugins.recorder.mixer import MixBuffer
 from plugins.recorder.ogg import OpusOggWriter
@@ -329,3 +329,29 @@ async def test_a_resumed_call_records_on_in_the_same_folder_part_by_part(
 
 def samples_of(path: Path) -> int:
     return decode(path).size
+
+
+async def test_a_lost_sfu_connection_is_an_outage_in_meta_not_just_silence(
+    tmp_path: Path,
+) -> None:
+    call = FakeCall(files_dir=tmp_path)
+    h = PluginHarness(Recorder(RecorderConfig(upload_mixed=False)), call)
+    await h.start()
+    await h.plugin.start()
+    alice = h.participant("@alice:x")
+    await h.feed_audio(alice, seconds=1.0, freq=440)
+    h.router.push_event(ConnectionChange(False, h.clock, "lost: SERVER_SHUTDOWN"))
+    await h.settle()
+    # Written at once, before the connection is back (the bot may die meanwhile).
+    meta = json.loads((call.folder / "meta.json").read_text())
+    assert meta["media_outages"] == [
+        {"start": pytest.approx(1.0, abs=0.05), "end": None, "reason": "lost: SERVER_SHUTDOWN"}
+    ]
+    h.clock += 2.5
+    h.router.push_event(ConnectionChange(True, h.clock, "reconnected"))
+    await h.feed_audio(alice, seconds=1.0, freq=440)
+    await h.end()
+    meta = json.loads((call.folder / "meta.json").read_text())
+    (outage,) = meta["media_outages"]
+    assert outage["end"] - outage["start"] == pytest.approx(2.5, abs=0.05)
+    assert meta["complete"] is True

@@ -25,6 +25,7 @@ from bot.media.router import FrameRouter
 from bot.plugin import (
     AudioFrame,
     AudioWants,
+    ConnectionChange,
     Participant,
     ParticipantChange,
     ParticipantEvent,
@@ -162,6 +163,7 @@ class CallMedia:
         if self._stopping or (self._reconnecting and not self._reconnecting.done()):
             return
         log.warning("lost the SFU connection (%s); reconnecting", reason, extra=self._ctx)
+        self.router.push_event(ConnectionChange(False, self.now(), f"lost: {reason}"))
         self._reconnecting = asyncio.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -176,6 +178,7 @@ class CallMedia:
                     await output.publish(self.connection.room)
                 self.connection.own_tracks_published()
                 log.info("reconnected to the SFU", extra=self._ctx)
+                self.router.push_event(ConnectionChange(True, self.now(), "reconnected"))
                 return
             except Exception as e:
                 log.warning(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from bot.plugin import (
     AudioFrame,
     AudioWants,
+    ConnectionChange,
     Gap,
     Overflow,
     ParticipantChange,
@@ -42,7 +43,7 @@ LOSSLESS_STOP_S = 30.0
 MAX_QUEUED_EVENTS = 1000
 _DROPPABLE_EVENTS = (ParticipantChange.SPEAKING, ParticipantChange.SILENT)
 
-Item = AudioFrame | VideoFrame | ParticipantEvent | Gap
+Item = AudioFrame | VideoFrame | ParticipantEvent | Gap | ConnectionChange
 
 
 @dataclass
@@ -129,10 +130,11 @@ class PluginRunner:
         self._idle.clear()
         self._wake.set()
 
-    def push_event(self, event: ParticipantEvent) -> None:
+    def push_event(self, event: ParticipantEvent | ConnectionChange) -> None:
         if self.stats.disabled:
             return
-        if self._events_queued >= MAX_QUEUED_EVENTS and event.change in _DROPPABLE_EVENTS:
+        droppable = isinstance(event, ParticipantEvent) and event.change in _DROPPABLE_EVENTS
+        if self._events_queued >= MAX_QUEUED_EVENTS and droppable:
             self.events_dropped += 1
             return
         self._queue.append(event)
@@ -186,7 +188,7 @@ class PluginRunner:
                 return
             if isinstance(item, (AudioFrame, VideoFrame)):
                 self._frames_queued -= 1
-            elif isinstance(item, ParticipantEvent):
+            elif isinstance(item, (ParticipantEvent, ConnectionChange)):
                 self._events_queued -= 1
             if self.stats.disabled:
                 continue
@@ -203,6 +205,8 @@ class PluginRunner:
             await self.plugin.on_video(item)
         elif isinstance(item, Gap):
             await self.plugin.on_gap(item)
+        elif isinstance(item, ConnectionChange):
+            await self.plugin.on_connection(item)
         else:
             await self.plugin.on_participant(item)
 
@@ -261,6 +265,6 @@ class FrameRouter:
             if r.plugin.video == wants:
                 r.push_frame(frame)
 
-    def push_event(self, event: ParticipantEvent) -> None:
+    def push_event(self, event: ParticipantEvent | ConnectionChange) -> None:
         for r in self.runners:
             r.push_event(event)

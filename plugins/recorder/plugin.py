@@ -27,6 +27,7 @@ from bot.plugin import (
     AudioFrame,
     AudioWants,
     CallContext,
+    ConnectionChange,
     Gap,
     Overflow,
     Participant,
@@ -100,6 +101,8 @@ class _Recording:
     interruptions: list[dict[str, Any]] = field(default_factory=list)
     #: how many tracks the last meta.json written lists
     tracks_in_meta: int = 0
+    #: times the SFU connection was lost, in seconds of the recording ("end" None: not back)
+    media_outages: list[dict[str, Any]] = field(default_factory=list)
 
     def file_name(self, name: str) -> str:
         return _part_name(name, self.part)
@@ -322,6 +325,20 @@ class Recorder(Plugin):
                 }
             )
 
+    async def on_connection(self, change: ConnectionChange) -> None:
+        rec = self.recording
+        if rec is None:
+            return
+        t = round(max(0.0, change.timestamp - rec.started_at), 3)
+        if not change.connected:
+            rec.media_outages.append({"start": t, "end": None, "reason": change.reason})
+        elif rec.media_outages and rec.media_outages[-1]["end"] is None:
+            rec.media_outages[-1]["end"] = t
+        else:
+            return
+        # Written at once: what is missing must be on disk even if the bot dies meanwhile.
+        await self._call().run_blocking(self._write_meta, False, rec)
+
     async def on_participant(self, event: ParticipantEvent) -> None:
         rec = self.recording
         if rec is None:
@@ -385,6 +402,7 @@ class Recorder(Plugin):
                 p.user_id for p in call.participants() if call.opted_out(p.user_id)
             ),
             "lost": rec.gaps,
+            "media_outages": rec.media_outages,
         }
         if rec.part > 1:
             # Restarts mid-call: each earlier part as its meta.json described it, and when the
