@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 from bot.app import CallBot
 from bot.config import Config, parse_config
 from bot.devsfu.server import DevSfu
+from bot.log import setup_logging
 from tests.peer import Peer
 from tests.synapse import Account, Synapse
 
@@ -80,3 +83,15 @@ async def sfu(synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIterator[D
     await server.start(netns_addrs[0])
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """All logging at DEBUG into a buffer, through the bot's own formatter."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    buf = io.StringIO()
+    setup_logging("DEBUG", "human", buf)
+    yield buf
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])

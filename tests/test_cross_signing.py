@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import shutil
 import signal
 import stat
@@ -20,7 +19,6 @@ import pytest
 
 from bot.commands.dispatch import INSECURE_DEVICE_REPLY
 from bot.errors import ConfigError
-from bot.log import setup_logging
 from bot.matrix import cross_signing, rest
 from bot.matrix.cross_signing import Identity, ensure_identity
 from bot.matrix.crypto import encode_recovery_key, sign_json
@@ -31,17 +29,6 @@ from tests.peer import Peer, wait_until
 from tests.synapse import Synapse
 
 TIMEOUT = 30.0
-
-
-@pytest.fixture
-def debug_log():
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    buf = io.StringIO()
-    setup_logging("DEBUG", "human", buf)
-    yield buf
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 async def _keys_of(client: nio.AsyncClient, user_id: str) -> dict[str, Any]:

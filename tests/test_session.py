@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import stat
 import urllib.request
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bot.errors import LoginError
-from bot.log import setup_logging
 from bot.matrix import todevice
 from bot.matrix.session import login
 from tests.conftest import bot_config, peer, running_bot
@@ -20,18 +18,6 @@ from tests.peer import wait_until
 from tests.synapse import Synapse
 
 KEYS_TYPE = "io.element.call.encryption_keys"
-
-
-@pytest.fixture
-def debug_log():
-    """All logging at DEBUG into a buffer, through the bot's own formatter."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    buf = io.StringIO()
-    setup_logging("DEBUG", "human", buf)
-    yield buf
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
 
 
 def _mode(path: Path) -> int:
