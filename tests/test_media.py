@@ -390,9 +390,16 @@ async def test_the_bot_reconnects_after_the_sfu_drops_it(
         plugin_before = listener
 
         port = sfu.port
+        mark = alice.mark()
         await sfu.stop()  # everyone is told the server shuts down
         await tone.stop()
         await s.lk.close()
+        # Down for a while: the bot's first reconnection attempts fail, and it says so once.
+        await alice.wait_event(
+            lambda e: e["event"] == "message" and "cannot reconnect yet" in (e["body"] or ""),
+            TIMEOUT,
+            since=mark,
+        )
         restarted = DevSfu(homeserver=synapse.url)
         await restarted.start(netns_addrs[0], port)
         try:
@@ -410,6 +417,13 @@ async def test_the_bot_reconnects_after_the_sfu_drops_it(
             lost, back = listener.connection
             assert (lost.connected, back.connected) == (False, True)
             assert lost.timestamp <= back.timestamp
+            await alice.wait_event(
+                lambda e: e["event"] == "message" and e["body"] == "I can hear the call again.",
+                TIMEOUT,
+                since=mark,
+            )
+            told = [e["body"] for e in alice.events[mark:] if e["event"] == "message"]
+            assert sum("cannot reconnect yet" in (b or "") for b in told) == 1
             probe = lkclient.AudioProbe(await lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
             result = await probe.tone(near=660, timeout=TIMEOUT)
             assert abs(result.freq - 660) < 15, result

@@ -8,11 +8,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from bot.consent import OptOuts
-from bot.log import context
 from bot.matrix.client import MatrixClient
+from bot.media.active_call import ActiveCall
 from bot.media.engine import CallMedia
 from bot.media.outputs import AudioOutput, VideoOutput
 from bot.media.router import FrameRouter, PluginRunner
@@ -102,7 +102,7 @@ class CallMediaManager:
         #: which folder a room's call writes to (bot.rtc.resume: the same one after a restart)
         self.call_folder = call_folder
         self.plugins: list[tuple[PluginFactory, frozenset[str] | None]] = []
-        self._calls: dict[str, tuple[CallMedia, FrameRouter]] = {}
+        self._calls: dict[str, ActiveCall] = {}
         #: set once a joined call's plugins have started (or there are none to start)
         self._ready: dict[str, asyncio.Event] = {}
         self._stopping: set[asyncio.Event] = set()  # one per call whose plugins are ending
@@ -127,12 +127,20 @@ class CallMediaManager:
 
     def media(self, room_id: str) -> CallMedia | None:
         call = self._calls.get(room_id)
-        return call[0] if call else None
+        return cast(CallMedia, call.media) if call else None
 
     def plugin_lines(self, room_id: str) -> list[str]:
         """Each plugin of the room's call and how it copes, for !status."""
         lines = []
+        call = self._calls.get(room_id)
+        if call is not None and (connecting := call.state.line()):
+            lines.append(connecting)
         media = self.media(room_id)
+        if media is not None and media.reconnect_failures:
+            lines.append(
+                f"  media: lost the SFU connection; {media.reconnect_failures} reconnection "
+                "attempts failed so far, retrying"
+            )
         if media is not None and media.unresolved:
             lines.append(
                 f"  {media.unresolved} LiveKit participant(s) without a call membership: "
@@ -173,7 +181,7 @@ class CallMediaManager:
 
     def runners(self, room_id: str) -> list[PluginRunner]:
         call = self._calls.get(room_id)
-        return call[1].runners if call else []
+        return call.router.runners if call else []
 
     def _watch(self, session: MatrixRTCSession) -> None:
         async def on_join_state(change: JoinStateChanged) -> None:
@@ -186,17 +194,18 @@ class CallMediaManager:
 
     async def _start(self, session: MatrixRTCSession) -> None:
         try:
-            await self._start_plugins(session)
+            active = self._make_call(session)
+            if active is not None:
+                self._calls[session.room_id] = active
+                await active.start()
         finally:
             self._ready.setdefault(session.room_id, asyncio.Event()).set()
 
-    async def _start_plugins(self, session: MatrixRTCSession) -> None:
+    def _make_call(self, session: MatrixRTCSession) -> ActiveCall | None:
         factories = [f for f, rooms in self.plugins if rooms is None or session.room_id in rooms]
         if not factories:
-            return  # nobody wants media here: stay on the Matrix side only
-        ctx = context(room=session.room_id)
+            return None  # nobody wants media here: stay on the Matrix side only
         router = FrameRouter()
-
         connects = 0
 
         async def access() -> SfuAccess:
@@ -220,43 +229,26 @@ class CallMediaManager:
             return room.user_name(user_id) if room is not None else None
 
         media = CallMedia(session, router, access, notify, display_name=display_name)
-        self._calls[session.room_id] = (media, router)
+
+        def make_context() -> Call:
+            folder = self.call_folder(session.room_id) if self.call_folder is not None else None
+            files_dir = self.files_dir(session.room_id)
+            return Call(self.matrix, session, media, self.optouts, files_dir, folder)
+
         plugins = [factory() for factory in factories]
-        for plugin in plugins:
-            router.add(plugin)
-        try:
-            await media.start()
-        except Exception:
-            log.exception("could not connect to the call's SFU", extra=ctx)
-            return
-        folder = self.call_folder(session.room_id) if self.call_folder is not None else None
-        call = Call(
-            self.matrix, session, media, self.optouts, self.files_dir(session.room_id), folder
+        return ActiveCall(
+            session.room_id, media, router, plugins, make_context, notify, _describe_error
         )
-        for plugin in plugins:
-            try:
-                await plugin.on_call_start(call)
-            except Exception:
-                log.exception("plugin %s failed to start", plugin.name, extra=ctx)
 
     async def _stop(self, room_id: str) -> None:
         self._ready.pop(room_id, None)
-        entry = self._calls.pop(room_id, None)
-        if entry is None:
+        active = self._calls.pop(room_id, None)
+        if active is None:
             return
-        media, router = entry
         finished = asyncio.Event()
         self._stopping.add(finished)
         try:
-            await router.stop()
-            for runner in router.runners:
-                try:
-                    await runner.plugin.on_call_end()
-                except Exception:
-                    log.exception(
-                        "plugin %s failed to stop", runner.name, extra=context(room=room_id)
-                    )
-            await media.stop()
+            await active.stop()
         finally:
             finished.set()
             self._stopping.discard(finished)
@@ -268,3 +260,10 @@ class CallMediaManager:
             await self._stop(room_id)
         while self._stopping:
             await next(iter(self._stopping)).wait()
+
+
+def _describe_error(e: Exception) -> str:
+    """A connection error in a few words for the room (RtcError messages are written for it;
+    others are the SDK's, which name the SFU's address at most)."""
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) <= 200 else text[:199] + "…"

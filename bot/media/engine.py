@@ -85,7 +85,10 @@ class CallMedia:
         self.router = router
         self.connection = MediaConnection(session.room_id, get_access, self._attach)
         self._stopping = False
+        self._attempted = False
         self._reconnecting: asyncio.Task[None] | None = None
+        #: failed reconnection attempts since the connection dropped (0: connected)
+        self.reconnect_failures = 0
         self._clock = clock
         self._t0 = clock()
         self._streams: dict[tuple[str, str], list[asyncio.Task[None]]] = {}
@@ -104,9 +107,14 @@ class CallMedia:
         return self._clock() - self._t0
 
     async def start(self) -> None:
+        """Connect; called again after a failed attempt (bot.media.active_call retries)."""
         for change in self.session.current_keys():  # announced before we listened
             self._on_key(change)
-        await self.connection.connect()
+        if self._attempted:
+            await self.connection.reconnect()  # a new Room: the failed one is spent
+        else:
+            self._attempted = True
+            await self.connection.connect()
         self._subscribe_existing()
 
     def _wants(self, kind: int) -> bool:
@@ -170,6 +178,7 @@ class CallMedia:
         """New connection, same plugins: their queues and state carry on."""
         await self._stop_streams()
         delay = 0.5
+        self.reconnect_failures = 0
         while not self._stopping:
             try:
                 await self.connection.reconnect()
@@ -179,14 +188,23 @@ class CallMedia:
                 self.connection.own_tracks_published()
                 log.info("reconnected to the SFU", extra=self._ctx)
                 self.router.push_event(ConnectionChange(True, self.now(), "reconnected"))
+                if self.reconnect_failures:
+                    self._spawn_notice("I can hear the call again.")
+                self.reconnect_failures = 0
                 return
             except Exception as e:
+                self.reconnect_failures += 1
                 log.warning(
                     "reconnecting to the SFU failed (%s); again in %.0f s",
                     e,
                     delay,
                     extra=self._ctx,
                 )
+                if self.reconnect_failures == 1:  # told once, not at every try
+                    self._spawn_notice(
+                        "I lost the call's media server and cannot reconnect yet; I keep "
+                        "trying, and hear nothing until then."
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -277,6 +295,11 @@ class CallMedia:
         log.warning(
             "media of %s stays undecryptable: %s", identity, _E2EE_STATES[state], extra=self._ctx
         )
+        self._spawn_notice(text)
+
+    def _spawn_notice(self, text: str) -> None:
+        if self._notify is None:
+            return
         task = asyncio.create_task(self._post_notice(text))
         self._notice_tasks.add(task)
         task.add_done_callback(self._notice_tasks.discard)
@@ -286,7 +309,7 @@ class CallMedia:
         try:
             await self._notify(text)
         except Exception:
-            log.exception("could not tell the room about undecryptable media", extra=self._ctx)
+            log.exception("could not tell the room about its media", extra=self._ctx)
 
     # ------------------------------------------------------------------ incoming media
 
