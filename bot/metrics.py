@@ -105,11 +105,17 @@ class _Collector(Collector):
             "Syncs whose room timeline was cut (messages in between were never seen)",
         )
         gaps.add_metric([], self.m.matrix.timeline_gaps)
+        to_device = CounterMetricFamily(
+            "callbot_to_device_dropped",
+            "To-device events (media keys) dropped because too many were waiting",
+        )
+        to_device.add_metric([], self.m.matrix.to_device_dropped)
         outage = GaugeMetricFamily(
             "callbot_matrix_unreachable", "1 while the homeserver cannot be reached"
         )
         outage.add_metric([], 1 if self.m.matrix.down_since is not None else 0)
-        yield from (calls, limit, waiting, refused, people, undecryptable, commands, gaps, outage)
+        yield from (calls, limit, waiting, refused, people, undecryptable, commands, gaps)
+        yield from (to_device, outage)
         yield from (*families.values(), *reported.values())
 
 

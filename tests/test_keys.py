@@ -137,7 +137,7 @@ def test_index_wraps_at_256() -> None:
 
 
 def test_received_keys_stale_and_pending() -> None:
-    keys = ReceivedKeys(max_pending=2)
+    keys = ReceivedKeys(max_per_sender=2)
 
     def rk(ts: int, dev: str = "A", index: int = 0):
         c = content(sent_ts=ts, member={"claimed_device_id": dev, "id": "m"})
@@ -158,3 +158,27 @@ def test_received_keys_stale_and_pending() -> None:
     taken = keys.take_pending({("@a:x", "Y"), ("@a:x", "Z")})
     assert [k.device_id for k in taken] == ["Y", "Z"]
     assert keys.take_pending({("@a:x", "Y")}) == []
+
+
+def test_a_flooding_non_member_cannot_push_out_a_members_early_keys() -> None:
+    """Issue 19: one pool of 256 for everyone let any sender evict real members' keys."""
+    keys = ReceivedKeys(max_per_sender=4, max_senders=3)
+
+    def rk(user: str, dev: str, index: int = 0):
+        c = content(sent_ts=index, member={"claimed_device_id": dev, "id": "m"})
+        c["keys"]["index"] = index
+        return parse_key_content(c, user, ROOM, 0.0)
+
+    keys.hold(rk("@bob:x", "B"))  # a member whose membership has not synced yet
+    for i in range(1000):  # a flood from one sender, from many made-up devices
+        keys.hold(rk("@mallory:x", f"M{i}", i % 256))
+        if i % 100 == 0:
+            keys.hold(rk("@bob:x", "B", 1 + i // 100))
+    taken = keys.take_pending({("@bob:x", "B")})
+    assert [k.key.index for k in taken] == [7, 8, 9, 10]  # bob's four newest, all there
+    # Past max_senders, the sender heard from least recently is forgotten.
+    keys.hold(rk("@carol:x", "C"))
+    keys.hold(rk("@dave:x", "D"))
+    keys.hold(rk("@erin:x", "E"))
+    assert keys.take_pending({("@mallory:x", "M999")}) == []
+    assert len(keys.take_pending({("@carol:x", "C"), ("@erin:x", "E")})) == 2

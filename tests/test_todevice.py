@@ -6,7 +6,9 @@ check, the unpatched behaviour (nio drops custom types), and the round trip.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import nio
 import pytest
@@ -131,3 +133,30 @@ async def test_a_forged_device_claim_does_not_match(synapse: Synapse, tmp_path: 
         assert not await todevice.check_sender_device(bob.client, event)
         # The claimed device exists and is known now: it is the keys that do not match.
         assert login.device_id in bob.client.olm.device_store[alice.user_id]
+
+
+async def test_key_queries_for_unknown_devices_are_coalesced_and_rate_limited() -> None:
+    """Issue 19: every event from an unknown device ran a /keys/query of its own; a flood of
+    made-up devices was a flood of requests."""
+    now = [0.0]
+    queries = todevice.KeyQueries(clock=lambda: now[0])
+    olm = SimpleNamespace(users_for_key_query=set())
+    sent: list[set[str]] = []
+
+    async def keys_query() -> None:
+        asked = set(olm.users_for_key_query)
+        sent.append(asked)
+        await asyncio.sleep(0.01)
+        olm.users_for_key_query -= asked  # nio removes the users it got an answer for
+
+    client = SimpleNamespace(olm=olm, keys_query=keys_query)
+    await asyncio.gather(
+        *(queries.refresh(client, u) for u in ["@mallory:x"] * 50 + ["@bob:x", "@carol:x"])
+    )
+    assert len(sent) <= 2 and set().union(*sent) == {"@mallory:x", "@bob:x", "@carol:x"}
+    before = len(sent)
+    await asyncio.gather(*(queries.refresh(client, "@mallory:x") for _ in range(50)))
+    assert len(sent) == before  # asked a moment ago: not again
+    now[0] += todevice.MIN_REQUERY_S
+    await queries.refresh(client, "@mallory:x")
+    assert len(sent) == before + 1

@@ -8,6 +8,7 @@ there for 65 s when it resumes from a stored sync token).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -40,6 +41,9 @@ IDENTITIES_FILE = "identities.json"
 SYNC_RETRY_FIRST_S = 0.5
 SYNC_RETRY_MAX_S = 30.0
 #: sync errors that no retry can mend: the login is gone
+#: decrypted to-device events waiting for their handlers; past it the oldest is dropped
+#: (and counted): a flood of them must not grow memory or a task per event
+TO_DEVICE_QUEUE = 1000
 FATAL_SYNC_ERRORS = frozenset({"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_USER_DEACTIVATED"})
 
 
@@ -75,6 +79,12 @@ class MatrixClient:
         self._creators_cache: dict[str, frozenset[str]] = {}
         self._sync_handlers: list[SyncHandler] = []
         self._to_device_handlers: list[ToDeviceHandler] = []
+        #: handled one at a time, in arrival order, by one worker
+        self._to_device: collections.deque[todevice.DecryptedToDeviceEvent] = collections.deque()
+        self._to_device_ready = asyncio.Event()
+        self._to_device_worker: asyncio.Task[None] | None = None
+        #: to-device events dropped because too many were waiting
+        self.to_device_dropped = 0
         self.trust = trust.DeviceTrust(data_dir / IDENTITIES_FILE, cfg.exclude_insecure_devices)
         self.trust.device_trusted.connect(self._on_device_trusted)
         self.identity: cross_signing.IdentityResult | None = None
@@ -248,8 +258,31 @@ class MatrixClient:
                 log.exception("sync handler failed")
 
     async def _to_device_cb(self, event: todevice.DecryptedToDeviceEvent) -> None:
-        for handler in self._to_device_handlers:
-            self._spawn(handler(event), None)
+        if len(self._to_device) >= TO_DEVICE_QUEUE:
+            self._to_device.popleft()
+            self.to_device_dropped += 1
+            if self.to_device_dropped % 100 == 1:
+                log.warning("too many to-device events waiting; dropping the oldest")
+        self._to_device.append(event)
+        self._to_device_ready.set()
+        if self._to_device_worker is None or self._to_device_worker.done():
+            self._to_device_worker = asyncio.create_task(
+                self._handle_to_device(), name="matrix-to-device"
+            )
+            self._tasks.add(self._to_device_worker)
+            self._to_device_worker.add_done_callback(self._tasks.discard)
+
+    async def _handle_to_device(self) -> None:
+        while True:
+            while self._to_device:
+                event = self._to_device.popleft()
+                for handler in self._to_device_handlers:
+                    try:
+                        await handler(event)
+                    except Exception:
+                        log.exception("to-device handler failed", extra=context(user=event.sender))
+            self._to_device_ready.clear()
+            await self._to_device_ready.wait()
 
     async def _undecryptable_cb(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
         log.warning(

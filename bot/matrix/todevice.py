@@ -14,9 +14,13 @@ tests/test_todevice.py checks the behaviour against a real homeserver.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
+import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -143,10 +147,55 @@ async def check_sender_device(client: nio.AsyncClient, event: DecryptedToDeviceE
     if not event.keys_match:
         known = olm.device_store[event.sender]
         if event.sender_device not in known or event.sender_device is None:
-            olm.users_for_key_query.add(event.sender)
-            await client.keys_query()
+            await _key_queries(client).refresh(client, event.sender)
         event.keys_match = _keys_match(olm, event)
     return event.keys_match
+
+
+#: a sender's devices are queried again at most this often for events from unknown devices
+MIN_REQUERY_S = 10.0
+#: senders whose last query time is kept (the oldest are forgotten)
+MAX_QUERIED_SENDERS = 10_000
+
+
+class KeyQueries:
+    """Device-key queries for senders of events from devices we do not know: one request at a
+    time (callers waiting meanwhile are served by it), and one per sender every
+    MIN_REQUERY_S at most: a flood from made-up devices would otherwise cost a /keys/query
+    per event."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = asyncio.Lock()
+        self._last: dict[str, float] = {}
+        self._clock = clock
+        self.requests = 0
+
+    async def refresh(self, client: nio.AsyncClient, user_id: str) -> None:
+        olm = client.olm
+        assert olm is not None
+        now = self._clock()
+        last = self._last.get(user_id)
+        if last is not None and now - last < MIN_REQUERY_S:
+            return
+        self._last[user_id] = now
+        if len(self._last) > MAX_QUERIED_SENDERS:
+            self._last = dict(list(self._last.items())[MAX_QUERIED_SENDERS // 2 :])
+        olm.users_for_key_query.add(user_id)
+        async with self._lock:
+            if user_id not in olm.users_for_key_query:
+                return  # the query that held the lock asked for this user too
+            self.requests += 1
+            await client.keys_query()
+
+
+_queries: weakref.WeakKeyDictionary[nio.AsyncClient, KeyQueries] = weakref.WeakKeyDictionary()
+
+
+def _key_queries(client: nio.AsyncClient) -> KeyQueries:
+    queries = _queries.get(client)
+    if queries is None:
+        queries = _queries[client] = KeyQueries()
+    return queries
 
 
 async def send_encrypted(

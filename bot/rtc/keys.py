@@ -29,8 +29,11 @@ INDEX_MODULUS = 256
 KEY_ROTATION_GRACE_MS = 10_000
 #: js useKeyDelay (set by join(); Element Call keeps it): wait before switching to a new key.
 USE_KEY_DELAY_MS = 1_000
-#: Keys held for devices that are not (yet) members; the oldest is dropped beyond this.
-MAX_PENDING_KEYS = 256
+#: Keys held for devices that are not (yet) members, per sending user: beyond this the
+#: user's oldest is dropped, so one sender (a non-member flooding) evicts only its own keys.
+MAX_PENDING_PER_SENDER = 32
+#: Senders whose keys are held; beyond this, the one that sent least recently is forgotten.
+MAX_PENDING_SENDERS = 64
 
 
 @dataclass(frozen=True)
@@ -194,13 +197,19 @@ class OwnKey:
 
 class ReceivedKeys:
     """Keys from other devices: the newest per (device, member, index), and those we hold
-    for devices that are not members yet (bounded, oldest dropped)."""
+    for devices that are not members yet (bounded per sending user and in senders)."""
 
-    def __init__(self, max_pending: int = MAX_PENDING_KEYS) -> None:
+    def __init__(
+        self,
+        max_per_sender: int = MAX_PENDING_PER_SENDER,
+        max_senders: int = MAX_PENDING_SENDERS,
+    ) -> None:
         self._latest: dict[tuple[str, str, str | None, int], ReceivedKey] = {}
-        self._pending: OrderedDict[int, ReceivedKey] = OrderedDict()
+        #: user ID -> (arrival number -> key); users in order of their latest key
+        self._pending: OrderedDict[str, OrderedDict[int, ReceivedKey]] = OrderedDict()
         self._next = 0
-        self.max_pending = max_pending
+        self.max_per_sender = max_per_sender
+        self.max_senders = max_senders
 
     def is_stale(self, k: ReceivedKey) -> bool:
         """An older key for the same device and index than one already applied."""
@@ -216,16 +225,27 @@ class ReceivedKeys:
         self._latest[(k.user_id, k.device_id, k.member_id, k.key.index)] = k
 
     def hold(self, k: ReceivedKey) -> None:
-        self._pending[self._next] = k
+        mine = self._pending.setdefault(k.user_id, OrderedDict())
+        self._pending.move_to_end(k.user_id)
+        mine[self._next] = k
         self._next += 1
-        while len(self._pending) > self.max_pending:
-            dropped = self._pending.popitem(last=False)[1]
+        while len(mine) > self.max_per_sender:
+            dropped = mine.popitem(last=False)[1]
             log.info("dropping a held media key from %s/%s", dropped.user_id, dropped.device_id)
+        while len(self._pending) > self.max_senders:
+            user, keys = self._pending.popitem(last=False)
+            log.info("dropping %d held media keys from %s", len(keys), user)
 
     def take_pending(self, devices: set[tuple[str, str]]) -> list[ReceivedKey]:
         """Held keys whose device is now a member, in arrival order."""
-        ready = [n for n, k in self._pending.items() if (k.user_id, k.device_id) in devices]
-        return [self._pending.pop(n) for n in ready]
+        ready: list[tuple[int, ReceivedKey]] = []
+        for user in {u for u, _ in devices} & self._pending.keys():
+            held = self._pending[user]
+            for n in [n for n, k in held.items() if (user, k.device_id) in devices]:
+                ready.append((n, held.pop(n)))
+            if not held:
+                del self._pending[user]
+        return [k for _, k in sorted(ready, key=lambda item: item[0])]
 
     def has_key_from(self, user_id: str, device_id: str) -> bool:
         return any(u == user_id and d == device_id for u, d, _, _ in self._latest)
