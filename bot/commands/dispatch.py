@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from bot.commands.parsing import MAX_COMMAND_LENGTH, bind_args, parse_command
-from bot.commands.permissions import UserPatterns, refusal
-from bot.commands.registry import Command, CommandContext, CommandRegistry
-from bot.errors import CommandError, PermissionDenied
+from bot.commands.executor import Invocation, execute
+from bot.commands.parsing import MAX_COMMAND_LENGTH, parse_command
+from bot.commands.permissions import UserPatterns
+from bot.commands.registry import Command, CommandRegistry
+from bot.errors import CommandError
 from bot.log import context
 from bot.matrix.messages import IncomingMessage
 
@@ -146,24 +147,12 @@ class Dispatcher:
             )
 
     async def _run(self, cmd: Command, argtext: str, msg: IncomingMessage) -> None:
+        async def reply(text: str, html: str | None = None) -> str:
+            return await self._reply(msg, text, html)
+
         level = await self.power_level_of(msg.room_id, msg.sender)
-        why = refusal(cmd, msg.sender, level, self.allowed)
-        if why:
-            log.info(
-                "refused %s: %s", cmd.name, why, extra=context(room=msg.room_id, user=msg.sender)
-            )
-            raise PermissionDenied(f"You may not run {self.prefix}{cmd.name}: {why}.")
-        command_ctx = CommandContext(
-            room_id=msg.room_id,
-            sender=msg.sender,
-            event_id=msg.event_id,
-            prefix=self.prefix,
-            reply=lambda text, html=None: self._reply(msg, text, html),
-            may_run=lambda c: refusal(c, msg.sender, level, self.allowed) is None,
-        )
-        kwargs = bind_args(cmd, argtext, self.prefix)
-        log.info("running %s", cmd.name, extra=context(room=msg.room_id, user=msg.sender))
-        await cmd.handler(command_ctx, **kwargs)
+        invocation = Invocation(msg.room_id, msg.sender, level, self.prefix, reply, msg.event_id)
+        await execute(cmd, argtext, invocation, self.allowed)
 
     async def _refuse_insecure(self, msg: IncomingMessage, device: str) -> None:
         ctx = context(room=msg.room_id, user=msg.sender)

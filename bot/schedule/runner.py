@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from bot.commands.parsing import bind_args
+from bot.commands.executor import Invocation, Refused, execute
 from bot.commands.permissions import UserPatterns, refusal
-from bot.commands.registry import CommandContext, CommandRegistry
+from bot.commands.registry import CommandRegistry
 from bot.errors import CommandError
 from bot.log import context
 from bot.matrix.rest import MatrixHttpError
@@ -128,28 +128,21 @@ class ScheduledCalls:
         if cmd is None:
             await self._say(room, f"Scheduled call {jid}: {shown} is not available here (skipped).")
             return
-        why = refusal(cmd, user, level, self.allowed)
-        if why:
-            await self._say(
-                room, f"Scheduled call {jid}: skipped {shown}: {user} may no longer run it; {why}."
-            )
-            return
 
         async def reply(text: str, html: str | None = None) -> str:
             return await self._post(room, text, html)
 
-        command_ctx = CommandContext(
-            room_id=room,
-            sender=user,
-            event_id="",  # no message is being answered: replies are plain notices
-            prefix=self.prefix,
-            reply=reply,
-            may_run=lambda c: refusal(c, user, level, self.allowed) is None,
-        )
         if len(cmd.args) == 1 and cmd.args[0].rest:  # one free-text argument: keep it as is
             argtext = shlex.quote(argtext)
         try:
-            await cmd.handler(command_ctx, **bind_args(cmd, argtext, self.prefix))
+            await execute(
+                cmd, argtext, Invocation(room, user, level, self.prefix, reply), self.allowed
+            )
+        except Refused as e:
+            await self._say(
+                room,
+                f"Scheduled call {jid}: skipped {shown}: {user} may no longer run it; {e.why}.",
+            )
         except CommandError as e:
             await self._say(room, f"Scheduled call {jid}: {shown}: {e}")
         except Exception:
