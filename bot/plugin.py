@@ -28,6 +28,40 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
+# What a plugin author needs besides this module's own types comes from here too, so that a
+# plugin imports from bot.plugin alone (docs/plugins.md).
+from bot.commands.core import format_duration
+from bot.commands.registry import Arg, CommandContext, command
+from bot.errors import CommandError, PermissionDenied, UsageError
+from bot.files import write_private, write_private_json
+
+__all__ = [
+    "Arg",
+    "AudioFrame",
+    "AudioOut",
+    "AudioWants",
+    "CallContext",
+    "CommandContext",
+    "CommandError",
+    "ConnectionChange",
+    "Gap",
+    "Overflow",
+    "Participant",
+    "ParticipantChange",
+    "ParticipantEvent",
+    "PermissionDenied",
+    "Plugin",
+    "PluginStats",
+    "UsageError",
+    "VideoFrame",
+    "VideoOut",
+    "VideoWants",
+    "command",
+    "format_duration",
+    "write_private",
+    "write_private_json",
+]
+
 T = TypeVar("T")
 
 

@@ -24,6 +24,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from bot.commands.executor import Invocation, execute
+from bot.commands.parsing import parse_command
+from bot.commands.permissions import UserPatterns
+from bot.commands.registry import CommandRegistry
+from bot.errors import CommandError
 from bot.media.router import FrameRouter, PluginRunner
 from bot.plugin import (
     AudioFrame,
@@ -122,6 +127,9 @@ class FakeCall:
         return await asyncio.to_thread(fn, *args)
 
 
+PREFIX = "!"
+
+
 class PluginHarness:
     def __init__(self, plugin: Plugin, call: FakeCall | None = None) -> None:
         self.plugin = plugin
@@ -150,6 +158,37 @@ class PluginHarness:
     def leave(self, who: Participant) -> None:
         self.call.members.remove(who)
         self.router.push_event(ParticipantEvent(ParticipantChange.LEFT, who, self.clock))
+
+    def speaking(self, who: Participant, speaking: bool = True) -> None:
+        """``who`` starts (or, with False, stops) speaking, as the call tells it."""
+        change = ParticipantChange.SPEAKING if speaking else ParticipantChange.SILENT
+        self.router.push_event(ParticipantEvent(change, who, self.clock))
+
+    async def command(
+        self, text: str, sender: str = "@tester:example.org", level: int = 100
+    ) -> list[str]:
+        """Run one of the plugin's commands as ``sender`` (who has power ``level`` and is an
+        allowed user), the way the bot runs it; the replies, errors included, in order."""
+        registry = CommandRegistry()
+        registry.register(self.plugin)
+        parsed = parse_command(text, PREFIX)
+        if parsed is None:
+            raise ValueError(f"not a command: {text!r} (commands start with {PREFIX})")
+        cmd = registry.get(parsed.name)
+        if cmd is None:
+            raise ValueError(f"the plugin has no command {parsed.name!r}")
+        replies: list[str] = []
+
+        async def reply(text: str, html: str | None = None) -> str:
+            replies.append(text)
+            return f"$reply{len(replies)}"
+
+        invocation = Invocation(self.call.room_id, sender, level, PREFIX, reply, "$command")
+        try:
+            await execute(cmd, parsed.argtext, invocation, UserPatterns(["*"]))
+        except CommandError as e:
+            replies.append(str(e))
+        return replies
 
     async def feed_audio(
         self, who: Participant, seconds: float, freq: float | None = None, amplitude: float = 0.3

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.plugin import AudioFrame, AudioWants, Overflow, Plugin
+from bot.plugin import (
+    Arg,
+    AudioFrame,
+    AudioWants,
+    CommandContext,
+    CommandError,
+    Overflow,
+    ParticipantChange,
+    ParticipantEvent,
+    Plugin,
+    command,
+)
 from bot.testing import PluginHarness
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "speaking_time.py"
@@ -52,3 +63,50 @@ async def test_published_audio_is_recorded() -> None:
     assert out.pcm.shape == (24_000, 1)
     spectrum = np.abs(np.fft.rfft(out.pcm[:, 0]))
     assert abs(np.argmax(spectrum) * 48_000 / 24_000 - 440) < 5
+
+
+def test_a_plugin_needs_no_import_but_bot_plugin() -> None:
+    """Issue 19: the plugin API in one import. The shipped plugins show it: of the bot's own
+    modules they import bot.plugin only."""
+    import ast
+
+    for path in sorted(Path("plugins").glob("*/plugin.py")):
+        tree = ast.parse(path.read_text())
+        used = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bot")
+        }
+        assert used == {"bot.plugin"}, (path, used)
+
+
+class Greeter(Plugin):
+    name = "greeter"
+
+    def __init__(self) -> None:
+        self.speaking: list[tuple[str, bool]] = []
+
+    @command(help="Greet someone", args=[Arg("who")], allowed_users_only=False)
+    async def greet(self, ctx: CommandContext, who: str) -> None:
+        if who == "nobody":
+            raise CommandError("Greet whom?")
+        await ctx.reply(f"Hello, {who} (asked by {ctx.sender})")
+
+    async def on_participant(self, event: ParticipantEvent) -> None:
+        if event.change in (ParticipantChange.SPEAKING, ParticipantChange.SILENT):
+            self.speaking.append(
+                (event.participant.user_id, event.change is ParticipantChange.SPEAKING)
+            )
+
+
+async def test_the_kit_runs_commands_and_tells_speaking() -> None:
+    h = PluginHarness(Greeter())
+    await h.start()
+    assert await h.command("!greet alice", sender="@bob:x") == ["Hello, alice (asked by @bob:x)"]
+    assert await h.command("!greet nobody") == ["Greet whom?"]
+    assert "Usage" in (await h.command("!greet"))[0]
+    alice = h.participant("@alice:x")
+    h.speaking(alice)
+    h.speaking(alice, False)
+    await h.settle()
+    assert h.plugin.speaking == [("@alice:x", True), ("@alice:x", False)]

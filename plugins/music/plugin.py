@@ -12,16 +12,18 @@ import logging
 import re
 import unicodedata
 
-from bot.commands.registry import Arg, CommandContext, command
-from bot.errors import CommandError
 from bot.plugin import (
+    Arg,
     AudioFrame,
     AudioOut,
     AudioWants,
     CallContext,
+    CommandContext,
+    CommandError,
     ParticipantChange,
     ParticipantEvent,
     Plugin,
+    command,
 )
 from plugins.music.config import MusicConfig
 from plugins.music.decoder import RATE

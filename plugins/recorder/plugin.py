@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.commands.core import format_duration
-from bot.commands.registry import Arg, CommandContext, command
-from bot.errors import CommandError
-from bot.files import write_private_json
 from bot.plugin import (
+    Arg,
     AudioFrame,
     AudioWants,
     CallContext,
+    CommandContext,
+    CommandError,
     ConnectionChange,
     Gap,
     Overflow,
@@ -36,6 +35,9 @@ from bot.plugin import (
     Plugin,
     VideoFrame,
     VideoWants,
+    command,
+    format_duration,
+    write_private_json,
 )
 from plugins.recorder.mixer import MixBuffer
 from plugins.recorder.ogg import OpusOggWriter

@@ -19,16 +19,18 @@ from typing import Literal
 
 import numpy as np
 
-from bot.commands.registry import Arg, CommandContext, command
-from bot.errors import CommandError
 from bot.plugin import (
+    Arg,
     AudioFrame,
     AudioWants,
     CallContext,
+    CommandContext,
+    CommandError,
     Participant,
     ParticipantChange,
     ParticipantEvent,
     Plugin,
+    command,
 )
 from plugins.transcriber.captions import Captions
 from plugins.transcriber.engine import (
