@@ -18,7 +18,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY plugins ./plugins
-RUN pip install .
+# [all]: the transcriber's speech-to-text, the dev SFU and yt-dlp; `pip install .` alone is
+# the bot with the recorder and the music player.
+RUN pip install '.[all]'
 
 USER callbot
 VOLUME ["/data"]

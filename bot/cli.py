@@ -145,6 +145,11 @@ def _run(path: str) -> int:
 
 
 def _dev_sfu(args: argparse.Namespace) -> int:
+    from bot.extras import DEVSFU, missing_extras
+
+    if missing := missing_extras(DEVSFU):
+        print(f"callbot dev-sfu: the dev SFU {missing}", file=sys.stderr)
+        return EXIT_CONFIG
     from bot.devsfu import serve
     from bot.log import register_secret, setup_logging
 

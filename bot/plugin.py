@@ -263,6 +263,9 @@ class Plugin:
     #: A dataclass for the plugin's ``[plugins.<name>]`` table; if set, the bot validates the
     #: table into it and makes each instance as ``cls(config)`` (else ``cls()``).
     Config: ClassVar[type | None] = None
+    #: Modules the plugin needs that an optional extra of matrix-callbot installs, e.g.
+    #: ``{"faster_whisper": "transcriber"}``: enabling it without them names the extra.
+    requires_extras: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

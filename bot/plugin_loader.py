@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.config import PluginsConfig, validate_section
 from bot.errors import ConfigError
+from bot.extras import missing_extras
 from bot.plugin import Plugin
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ def load_plugins(
             continue
         if not (isinstance(cls, type) and issubclass(cls, Plugin)):
             problems.append(f"plugins.enabled: {name!r} is not a bot.plugin.Plugin subclass")
+            continue
+        if missing := missing_extras(cls.requires_extras):
+            problems.append(f"plugins.enabled: plugin {name!r} {missing}")
             continue
         section = dict(cfg.sections.get(name, {}))
         rooms = section.pop("rooms", None)

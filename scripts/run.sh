@@ -8,5 +8,5 @@ if [ ! -f "$CONFIG" ]; then
   echo "No $CONFIG: copy config.toml.example to $CONFIG and fill in your homeserver and bot account." >&2
   exit 2
 fi
-ensure_venv ""
+ensure_venv "[all]"
 exec "$VENV/bin/callbot" run -c "$CONFIG"

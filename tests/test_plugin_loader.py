@@ -7,7 +7,7 @@ import pytest
 
 from bot.app import CallBot
 from bot.commands.registry import CommandContext, command
-from bot.config import parse_config
+from bot.config import PluginsConfig, parse_config
 from bot.errors import CommandError, ConfigError
 from bot.plugin import Plugin
 from bot.plugin_loader import load_plugins
@@ -127,3 +127,30 @@ def test_the_recorder_is_installed_as_a_plugin(tmp_path: Path) -> None:
         cfg({"enabled": ["recorder"], "recorder": {"max_upload_mb": 5}}).plugins
     )
     assert loaded.cls is Recorder and loaded.config.max_upload_mb == 5.0
+
+
+def test_a_plugin_whose_extra_is_missing_names_the_extra(monkeypatch) -> None:
+    """Issue 19: the transcriber's speech-to-text is the [transcriber] extra now; enabling it
+    without that says what to install, not an ImportError at the first utterance."""
+    import bot.extras
+    from plugins.transcriber.plugin import Transcriber
+
+    real = bot.extras.find_spec
+    monkeypatch.setattr(
+        bot.extras, "find_spec", lambda name: None if name == "faster_whisper" else real(name)
+    )
+    with pytest.raises(ConfigError) as e:
+        load_plugins(PluginsConfig(enabled=["transcriber"]), {"transcriber": Transcriber})
+    assert e.value.problems == [
+        "plugins.enabled: plugin 'transcriber' needs the [transcriber] extra: "
+        "pip install 'matrix-callbot[transcriber]'"
+    ]
+
+
+def test_the_dev_sfu_without_its_extra_says_which(monkeypatch, capsys) -> None:
+    import bot.extras
+    from bot.cli import main
+
+    monkeypatch.setattr(bot.extras, "find_spec", lambda name: None)
+    assert main(["dev-sfu", "--host", "127.0.0.1", "--homeserver", "http://127.0.0.1:1"]) == 2
+    assert "pip install 'matrix-callbot[devsfu]'" in capsys.readouterr().err

