@@ -7,6 +7,7 @@ before keeping anyone's audio or video. The choice survives restarts: it is kept
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -23,6 +24,7 @@ class OptOuts:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._rooms: dict[str, set[str]] | None = None  # read on first use
+        self._saving = asyncio.Lock()
 
     def _load(self) -> dict[str, set[str]]:
         if self._rooms is None:
@@ -47,8 +49,9 @@ class OptOuts:
     def opted_out(self, room_id: str, user_id: str) -> bool:
         return user_id in self._load().get(room_id, set())
 
-    def set(self, room_id: str, user_id: str, out: bool) -> bool:
-        """Record a choice; True if it changed anything."""
+    async def set(self, room_id: str, user_id: str, out: bool) -> bool:
+        """Record a choice (in force at once; on disk when this returns); True if it changed
+        anything."""
         users = self._load().setdefault(room_id, set())
         if (user_id in users) == out:
             return False
@@ -56,13 +59,12 @@ class OptOuts:
             users.add(user_id)
         else:
             users.discard(user_id)
-        self._save()
+        # The write (with its fsync) in a thread, one at a time, each with the latest choices.
+        async with self._saving:
+            rooms = self._load()
+            data = {"rooms": {room: sorted(users) for room, users in rooms.items() if users}}
+            await asyncio.to_thread(write_private_json, self.path, data)
         return True
-
-    def _save(self) -> None:
-        rooms = self._load()
-        data = {"rooms": {room: sorted(users) for room, users in rooms.items() if users}}
-        write_private_json(self.path, data)
 
 
 class ConsentCommands:
@@ -74,7 +76,7 @@ class ConsentCommands:
         allowed_users_only=False,
     )
     async def optout(self, ctx: CommandContext) -> None:
-        changed = self.optouts.set(ctx.room_id, ctx.sender, True)
+        changed = await self.optouts.set(ctx.room_id, ctx.sender, True)
         log.info(
             "opted out" if changed else "already opted out",
             extra=context(room=ctx.room_id, user=ctx.sender),
@@ -88,7 +90,7 @@ class ConsentCommands:
         help="Allow recordings and transcripts of you again in this room", allowed_users_only=False
     )
     async def optin(self, ctx: CommandContext) -> None:
-        self.optouts.set(ctx.room_id, ctx.sender, False)
+        await self.optouts.set(ctx.room_id, ctx.sender, False)
         log.info("opted in", extra=context(room=ctx.room_id, user=ctx.sender))
         await ctx.reply(
             "You are opted in again: recordings and transcripts in this room may include you."

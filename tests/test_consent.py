@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from pathlib import Path
@@ -13,17 +14,17 @@ from tests.peer import wait_until
 from tests.synapse import Synapse
 
 
-def test_opt_outs_persist_privately(tmp_path: Path) -> None:
+async def test_opt_outs_persist_privately(tmp_path: Path) -> None:
     path = tmp_path / "data" / "optouts.json"
     store = OptOuts(path)
     assert not store.opted_out("!r:x", "@a:x")
-    assert store.set("!r:x", "@a:x", True)
-    assert not store.set("!r:x", "@a:x", True)  # no change
+    assert await store.set("!r:x", "@a:x", True)
+    assert not await store.set("!r:x", "@a:x", True)  # no change
     assert store.opted_out("!r:x", "@a:x") and not store.opted_out("!other:x", "@a:x")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = OptOuts(path)
     assert again.opted_out("!r:x", "@a:x")
-    again.set("!r:x", "@a:x", False)
+    await again.set("!r:x", "@a:x", False)
     assert json.loads(path.read_text()) == {"rooms": {}}
     assert not OptOuts(path).opted_out("!r:x", "@a:x")
 
@@ -47,3 +48,31 @@ async def test_optout_and_optin_commands(synapse: Synapse, tmp_path: Path) -> No
         assert bot.optouts.opted_out(room, alice.user_id)
         assert (await alice.ask(room, "!optin", account.user_id)).startswith("You are opted in")
         assert not bot.optouts.opted_out(room, alice.user_id)
+
+
+async def test_an_opt_out_is_written_off_the_event_loop_and_in_force_at_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Issue 19: !optout fsynced on the event loop, stalling every call's media meanwhile."""
+    import threading
+
+    import bot.consent
+
+    store = OptOuts(tmp_path / "optouts.json")
+    loop_thread = threading.get_ident()
+    writers: list[int] = []
+    real = bot.consent.write_private_json
+
+    def watched(path: Path, data: object) -> None:
+        writers.append(threading.get_ident())
+        real(path, data)
+
+    monkeypatch.setattr(bot.consent, "write_private_json", watched)
+    saving = asyncio.create_task(store.set("!r:x", "@a:x", True))
+    await asyncio.sleep(0)
+    assert store.opted_out("!r:x", "@a:x")  # before the file is written
+    await asyncio.gather(saving, store.set("!r:x", "@b:x", True))
+    assert writers and loop_thread not in writers
+    assert json.loads((tmp_path / "optouts.json").read_text()) == {
+        "rooms": {"!r:x": ["@a:x", "@b:x"]}
+    }
