@@ -66,3 +66,69 @@ async def test_a_livekit_participant_without_membership_is_nobody() -> None:
     media, _ = _media()
     # The legacy identity form "@user:server:DEVICE" used to be split into a Matrix user.
     assert media.participant("@mallory:example.org:EVIL", "Mallory") is None
+
+
+async def test_a_failing_audio_pump_is_started_again(monkeypatch) -> None:
+    """Issue 19: a pump that raised ended silently (its task's error was never looked at),
+    and that person's audio stopped for the rest of the call."""
+    import asyncio
+
+    import numpy as np
+
+    from bot.media import engine
+    from bot.plugin import AudioFrame, AudioWants, Plugin
+
+    monkeypatch.setattr(engine, "PUMP_RESTART_DELAY_S", 0.0)
+    runs = 0
+
+    class Stream:
+        """First run: a frame of the wrong size (the pump's reshape fails); then good ones."""
+
+        def __init__(self) -> None:
+            nonlocal runs
+            runs += 1
+            self.bad = runs == 1
+
+        def __aiter__(self) -> Stream:
+            self.left = 3
+            return self
+
+        async def __anext__(self) -> SimpleNamespace:
+            if self.left == 0:
+                raise StopAsyncIteration
+            self.left -= 1
+            samples = 3 if self.bad else 160
+            data = np.zeros(samples, np.int16).tobytes()
+            return SimpleNamespace(frame=SimpleNamespace(data=data))
+
+        async def aclose(self) -> None:
+            pass
+
+    monkeypatch.setattr(engine.rtc.AudioStream, "from_track", lambda **kw: Stream())
+
+    class Ears(Plugin):
+        name = "ears"
+        audio = AudioWants(sample_rate=16_000, channels=2, frame_ms=10)
+
+        def __init__(self) -> None:
+            self.frames: list[AudioFrame] = []
+
+        async def on_audio(self, frame: AudioFrame) -> None:
+            self.frames.append(frame)
+
+    media, session = _media()
+    alice = _member("@alice:example.org", "ALICEDEV", "uuid-1")
+    identity = hashed_identity(alice.user_id, alice.device_id, alice.member_id)
+    session.memberships = [alice]
+    session.memberships_changed.emit(MembershipsChanged([], [alice]))
+    ears = Ears()
+    media.router.add(ears)
+    track = SimpleNamespace(kind=engine.rtc.TrackKind.KIND_AUDIO)
+    remote = SimpleNamespace(identity=identity, name="Alice")
+    media._on_track_subscribed(track, SimpleNamespace(sid="TR1"), remote)  # type: ignore[arg-type]
+    (task,) = media._streams[(identity, "TR1")]
+    await asyncio.wait_for(task, 2)
+    await asyncio.sleep(0.05)
+    assert media.pump_failures == 1 and runs == 2
+    assert len(ears.frames) == 3 and ears.frames[0].participant.user_id == alice.user_id
+    await media.router.stop()

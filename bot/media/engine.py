@@ -35,6 +35,10 @@ from bot.plugin import (
 from bot.rtc.focus import SfuAccess
 from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession, MembershipsChanged
 
+#: a participant's frame pump that fails is started again this many times, this long apart
+PUMP_RESTARTS = 5
+PUMP_RESTART_DELAY_S = 1.0
+
 log = logging.getLogger(__name__)
 
 #: Speaking: a 20 ms frame louder than this (int16 RMS) is voice; this long quiet is silence.
@@ -89,6 +93,8 @@ class CallMedia:
         self._reconnecting: asyncio.Task[None] | None = None
         #: failed reconnection attempts since the connection dropped (0: connected)
         self.reconnect_failures = 0
+        #: frame pumps that failed and were started again
+        self.pump_failures = 0
         self._clock = clock
         self._t0 = clock()
         self._streams: dict[tuple[str, str], list[asyncio.Task[None]]] = {}
@@ -321,15 +327,52 @@ class CallMedia:
     ) -> None:
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             tasks = [
-                asyncio.create_task(self._pump_audio(track, wants, remote, detect=i == 0))
+                self._supervise(
+                    lambda w=wants, d=i == 0: self._pump_audio(track, w, remote, detect=d),
+                    remote,
+                    "audio",
+                )
                 for i, wants in enumerate(self.router.audio_wants())
             ]
         else:
             tasks = [
-                asyncio.create_task(self._pump_video(track, wants, remote))
+                self._supervise(lambda w=wants: self._pump_video(track, w, remote), remote, "video")
                 for wants in self.router.video_wants()
             ]
         self._streams[(remote.identity, publication.sid)] = tasks
+
+    def _supervise(
+        self,
+        pump: Callable[[], Awaitable[None]],
+        remote: rtc.RemoteParticipant,
+        kind: str,
+    ) -> asyncio.Task[None]:
+        """Run a frame pump; one that fails is logged and started again, and after
+        PUMP_RESTARTS failures the room is told once: a person's audio never just stops."""
+
+        async def supervised() -> None:
+            for failures in range(1, PUMP_RESTARTS + 1):
+                try:
+                    await pump()
+                    return  # the track ended
+                except Exception:
+                    log.exception(
+                        "the %s of %s failed (%d); starting it again",
+                        kind,
+                        remote.identity,
+                        failures,
+                        extra=self._ctx,
+                    )
+                    self.pump_failures += 1
+                    await asyncio.sleep(PUMP_RESTART_DELAY_S)
+            who = self.participant(remote.identity, remote.name)
+            name = who.name if who is not None else "someone"
+            self._spawn_notice(
+                f"I can no longer take in the {kind} of {name} (an internal error; the bot's log "
+                "has the details)."
+            )
+
+        return asyncio.create_task(supervised(), name=f"pump-{kind}-{remote.identity}")
 
     def _on_track_unsubscribed(
         self,
