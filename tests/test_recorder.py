@@ -355,3 +355,30 @@ async def test_a_lost_sfu_connection_is_an_outage_in_meta_not_just_silence(
     (outage,) = meta["media_outages"]
     assert outage["end"] - outage["start"] == pytest.approx(2.5, abs=0.05)
     assert meta["complete"] is True
+
+
+async def test_meta_is_written_in_a_thread_that_reads_no_loop_state(tmp_path: Path) -> None:
+    """Issue 19: the thread writing meta.json asked the call for its participants and
+    opt-outs, state the event loop owns."""
+    import threading
+
+    loop_thread = threading.get_ident()
+
+    class Watched(FakeCall):
+        def participants(self) -> list:
+            assert threading.get_ident() == loop_thread, "read from a worker thread"
+            return super().participants()
+
+    call = Watched(files_dir=tmp_path)
+    h = PluginHarness(Recorder(RecorderConfig(upload_mixed=True)), call)
+    await h.start()
+    alice = h.participant("@alice:x")
+    call.opted_out_users.add("@alice:x")
+    await h.plugin.start()
+    await h.feed_audio(h.participant("@bob:x"), seconds=1.0, freq=440)
+    h.router.push_event(ConnectionChange(False, h.clock, "lost"))
+    await h.settle()
+    await h.end()
+    meta = json.loads((call.folder / "meta.json").read_text())
+    assert meta["opted_out"] == [alice.user_id] and meta["complete"] is True
+    assert [u[0].name for u in call.uploads] == ["mixed.ogg"]

@@ -210,7 +210,7 @@ class Recorder(Plugin):
             folder, started_utc, self._now, mix, part=part, earlier_parts=parts
         )
         self.recording.interruptions = interruptions
-        await call.run_blocking(self._write_meta, False)
+        await self._save_meta(self.recording)
         log.info("recording to %s", folder)
 
     async def stop(self) -> None:
@@ -219,7 +219,7 @@ class Recorder(Plugin):
             return
         self.recording = None
         await call.run_blocking(self._write_batch, rec, rec.pending)
-        await call.run_blocking(self._finish, rec)
+        await call.run_blocking(self._finish, rec, self._loop_state(rec))
         duration = rec.mix.seconds
         names = sorted(t.participant.name for t in rec.tracks.values())
         await call.post(
@@ -227,7 +227,7 @@ class Recorder(Plugin):
             f"{len(names)} participants ({', '.join(names) or 'nobody'}). Files: "
             f"{', '.join(sorted(p.name for p in rec.folder.iterdir()))}."
         )
-        mixed = rec.folder / "mixed.ogg"
+        mixed = rec.mix.path
         size_mb = mixed.stat().st_size / 1e6
         if self.config.upload_mixed and size_mb <= self.config.max_upload_mb:
             await call.upload(mixed, "audio/ogg", f"Recording {rec.started_utc} (mixed)")
@@ -237,7 +237,7 @@ class Recorder(Plugin):
                 f"{self.config.max_upload_mb:.0f} MB; it stays on the server."
             )
 
-    def _finish(self, rec: _Recording) -> None:
+    def _finish(self, rec: _Recording, loop_state: dict[str, Any]) -> None:
         with rec.lock:
             rec.closed = True
             self._flush_mix(rec, final=True)
@@ -246,7 +246,7 @@ class Recorder(Plugin):
                 track.writer.close()
             for video in rec.videos.values():
                 video.close()
-            self._write_meta(True, rec)
+            self._write_meta(True, rec, loop_state)
 
     # ------------------------------------------------------------------ media
 
@@ -262,7 +262,7 @@ class Recorder(Plugin):
             if len(rec.tracks) != rec.tracks_in_meta:
                 # Someone's first sound: meta.json names their file even if the bot dies.
                 rec.tracks_in_meta = len(rec.tracks)
-                await self._call().run_blocking(self._write_meta, False, rec)
+                await self._save_meta(rec)
 
     def _write_batch(self, rec: _Recording, frames: list[AudioFrame]) -> None:
         with rec.lock:
@@ -339,7 +339,7 @@ class Recorder(Plugin):
         else:
             return
         # Written at once: what is missing must be on disk even if the bot dies meanwhile.
-        await self._call().run_blocking(self._write_meta, False, rec)
+        await self._save_meta(rec)
 
     async def on_participant(self, event: ParticipantEvent) -> None:
         rec = self.recording
@@ -369,18 +369,33 @@ class Recorder(Plugin):
 
     # ------------------------------------------------------------------ meta
 
-    def _write_meta(self, complete: bool, rec: _Recording | None = None) -> None:
-        rec = rec or self.recording
-        if rec is None:
-            return
+    async def _save_meta(self, rec: _Recording) -> None:
+        """meta.json of a recording still going on, written in a worker thread."""
+        await self._call().run_blocking(self._write_meta, False, rec, self._loop_state(rec))
+
+    def _loop_state(self, rec: _Recording) -> dict[str, Any]:
+        """What meta.json says that the event loop owns, read on the loop: the worker thread
+        that writes the file reads only this copy and the writers (under the lock)."""
+        call = self._call()
+        return {
+            "room_id": call.room_id,
+            "opted_out": sorted(
+                p.user_id for p in call.participants() if call.opted_out(p.user_id)
+            ),
+            "lost": [dict(g) for g in rec.gaps],
+            "media_outages": [dict(o) for o in rec.media_outages],
+        }
+
+    def _write_meta(self, complete: bool, rec: _Recording, loop_state: dict[str, Any]) -> None:
         with rec.lock:  # never an "incomplete" meta.json after the finished one
             if not rec.closed or complete:
-                self._write_meta_locked(complete, rec)
+                self._write_meta_locked(complete, rec, loop_state)
 
-    def _write_meta_locked(self, complete: bool, rec: _Recording) -> None:
-        call = self._call()
+    def _write_meta_locked(
+        self, complete: bool, rec: _Recording, loop_state: dict[str, Any]
+    ) -> None:
         meta = {
-            "room_id": call.room_id,
+            "room_id": loop_state["room_id"],
             "started_utc": rec.started_utc,
             "complete": complete,
             "duration_s": round(rec.mix.seconds, 3),
@@ -400,11 +415,9 @@ class Recorder(Plugin):
                 for t in rec.tracks.values()
             ],
             "video_files": sorted(v.path.name for v in rec.videos.values()),
-            "opted_out": sorted(
-                p.user_id for p in call.participants() if call.opted_out(p.user_id)
-            ),
-            "lost": rec.gaps,
-            "media_outages": rec.media_outages,
+            "opted_out": loop_state["opted_out"],
+            "lost": loop_state["lost"],
+            "media_outages": loop_state["media_outages"],
         }
         if rec.part > 1:
             # Restarts mid-call: each earlier part as its meta.json described it, and when the
