@@ -18,8 +18,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY plugins ./plugins
-# [all]: the transcriber's speech-to-text, the dev SFU and yt-dlp; `pip install .` alone is
-# the bot with the recorder and the music player.
+# [all]: the transcriber's speech-to-text and the dev SFU; `pip install .` alone is the bot
+# with the recorder and the music player (add [ytdlp] for video-site pages in !play).
 RUN pip install '.[all]'
 
 USER callbot
