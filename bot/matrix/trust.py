@@ -91,12 +91,8 @@ class DeviceTrust:
         """A ``/keys/query`` answer (never raises: it is attacker-influenced data)."""
         if not isinstance(answer, dict) or not isinstance(answer.get("device_keys"), dict):
             return
-        masters = answer.get("master_keys") if isinstance(answer.get("master_keys"), dict) else {}
-        ssks = (
-            answer.get("self_signing_keys")
-            if isinstance(answer.get("self_signing_keys"), dict)
-            else {}
-        )
+        masters = m if isinstance(m := answer.get("master_keys"), dict) else {}
+        ssks = s if isinstance(s := answer.get("self_signing_keys"), dict) else {}
         for user_id, devices in answer["device_keys"].items():
             if isinstance(user_id, str):
                 self._update_user(user_id, devices, masters.get(user_id), ssks.get(user_id))
