@@ -110,11 +110,12 @@ class CallBot:
 
     def add_plugin(self, plugin: LoadedPlugin) -> None:
         """Run a plugin in calls, and make its commands available."""
-        self._plugin_classes.append(plugin.cls)
+        cls = plugin.cls
+        self._plugin_classes.append(cls)
         self.media.add_plugin(plugin.make, plugin.rooms)
         self.registry.register_plugin_class(
-            plugin.cls,
-            lambda room_id, cls=plugin.cls: self._plugin_in_call(room_id, cls),
+            cls,
+            lambda room_id: self._plugin_in_call(room_id, cls),
             f"I am not in this room's call; type {self.config.bot.command_prefix}join first.",
         )
 

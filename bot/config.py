@@ -489,7 +489,7 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str], base_dir: Path)
         return _convert(inner, value, key, problems, base_dir)
     if isinstance(value, _EnvValue):
         return _convert_env(tp, value, key, problems, base_dir)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (the class)
         return _build(tp, value, key + ".", problems, base_dir)
     if origin is dict and args[1] is str:  # a plain table of strings
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):

@@ -41,6 +41,7 @@ from bot.errors import CallbotError
 
 if TYPE_CHECKING:
     import aiohttp
+    from aiohttp.abc import ResolveResult
 
     from bot.config import Config
 
@@ -350,7 +351,7 @@ class _CheckingResolver:
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[dict[str, Any]]:
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         if self.trusted:
             return results

@@ -255,8 +255,10 @@ class Plugin:
 
     #: Unique name; also the config section ``[plugins.<name>]``.
     name: ClassVar[str] = ""
-    audio: ClassVar[AudioWants | None] = None
-    video: ClassVar[VideoWants | None] = None
+    #: What the plugin subscribes to; the router reads them from the instance, so __init__
+    #: may set them from the plugin's config.
+    audio: AudioWants | None = None
+    video: VideoWants | None = None
     overflow: ClassVar[Overflow] = Overflow.DROP_OLDEST
     #: Frames the plugin's queue holds (audio and video together).
     queue_size: ClassVar[int] = 250

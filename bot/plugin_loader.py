@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -28,7 +29,9 @@ class LoadedPlugin:
     rooms: frozenset[str] | None  # None: every room
 
     def make(self) -> Plugin:
-        return self.cls(self.config) if self.cls.Config is not None else self.cls()
+        # A plugin with a Config takes it in __init__ (Plugin.Config): not Plugin's signature.
+        make: Callable[..., Plugin] = self.cls
+        return make(self.config) if self.cls.Config is not None else make()
 
     def runs_in(self, room_id: str) -> bool:
         return self.rooms is None or room_id in self.rooms

@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine: scripts/test.sh [pytest args]
 # Installs what the tests need (the project with its test extras and Node 24 in .venv,
 # Synapse in .venv-synapse, matrix-js-sdk in tests/jspeer, livekit-client in tests/browser,
-# Debian's chromium), checks style with ruff, then runs pytest.
+# Debian's chromium), checks style with ruff and types with mypy, then runs pytest.
 source "$(dirname "$0")/_env.sh"
 SYNAPSE_VERSION=1.163.2
 SYNVENV="$ROOT/.venv-synapse"
@@ -42,6 +42,7 @@ fi
 cd "$ROOT"
 "$VENV/bin/ruff" check bot plugins tests bench
 "$VENV/bin/ruff" format --check bot plugins tests bench
+"$VENV/bin/python" -m mypy  # pyproject.toml [tool.mypy]: what it checks and how strictly
 # The tests run inside a private network namespace (scripts/netns-run.sh) when we are root,
 # as CI is: media tests need its veth addresses, and no test traffic can leave it. Without
 # root, the tests that need the namespace are skipped, each saying why.

@@ -209,7 +209,7 @@ async def _demo(folder: Path, address: str) -> int:
                 }
             ],
         )
-        room = resp.room_id  # type: ignore[union-attr]
+        room = resp.room_id
         await _until(lambda: room in bot.matrix.joined_rooms(), "the bot to accept the invite")
         say(f"Alice made the encrypted room {room}, invited the bot, and starts a call")
         await alice.rtc.get_room_session(room).join()

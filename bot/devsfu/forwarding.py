@@ -261,6 +261,7 @@ class DownTrack:
         mapped = rw.rewrite(packet.sequence_number, packet.timestamp, now)
         if mapped is None:
             return False
+        assert codec.payloadType is not None  # a negotiated codec has one (aiortc sets it)
         out = RtpPacket(
             payload_type=codec.payloadType,
             marker=packet.marker,

@@ -90,10 +90,10 @@ class Participant:
         self.can_update_metadata, self.hidden = grant.can_update_metadata, grant.hidden
         self.auto_subscribe = auto_subscribe
         self.joined = time.time()
-        self.state: int = m.ParticipantInfo.JOINED
+        self.state: m.ParticipantInfo.State = m.ParticipantInfo.JOINED
         self.version = 1
         self.closed = False
-        self.disconnect_reason: int = m.DisconnectReason.UNKNOWN_REASON
+        self.disconnect_reason: m.DisconnectReason = m.DisconnectReason.UNKNOWN_REASON
         self.last_seen = time.monotonic()
         self.pending: dict[str, m.TrackInfo] = {}  # AddTrackRequest cid -> TrackInfo
         self.published: dict[str, Forwarder] = {}  # track sid -> Forwarder

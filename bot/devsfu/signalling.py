@@ -116,7 +116,9 @@ async def _watchdog(p: Participant, settings: SignalSettings) -> None:
             return
 
 
-async def disconnect(p: Participant, reason: int, *, tell: int | None = None) -> None:
+async def disconnect(
+    p: Participant, reason: m.DisconnectReason, *, tell: lk.LeaveRequest.Action | None = None
+) -> None:
     """End ``p``'s session: tell the client to leave (``tell`` is the LeaveRequest action),
     clean up at once, then close the websocket in the background: its close handshake may wait
     for a client that is dead or not reading."""

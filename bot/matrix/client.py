@@ -17,6 +17,17 @@ from pathlib import Path
 
 import nio
 
+# Imported by name for the annotations in MatrixClient: there ``nio`` is the property.
+from nio import (
+    InviteMemberEvent,
+    MatrixRoom,
+    MegolmEvent,
+    RoomMessageText,
+    SyncError,
+    SyncResponse,
+)
+from nio.crypto import OlmDevice
+
 from bot.config import MatrixConfig
 from bot.errors import LoginError, MatrixError
 from bot.log import context
@@ -178,7 +189,7 @@ class MatrixClient:
                 await asyncio.sleep(self._retry_delay * random.uniform(0.75, 1.25))  # noqa: S311
                 self._retry_delay = min(self._retry_delay * 2, SYNC_RETRY_MAX_S)
 
-    async def _sync_error_cb(self, response: nio.SyncError) -> None:
+    async def _sync_error_cb(self, response: SyncError) -> None:
         code = str(response.status_code or "")
         if code in FATAL_SYNC_ERRORS or getattr(response, "soft_logout", False):
             raise LoginError(
@@ -203,7 +214,7 @@ class MatrixClient:
 
     # ------------------------------------------------------------------ incoming
 
-    async def _message_cb(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
+    async def _message_cb(self, room: MatrixRoom, event: RoomMessageText) -> None:
         # Runs inside nio's sync loop: must never raise, must not block.
         if event.sender == self.nio.user_id or self._on_message is None:
             return
@@ -226,14 +237,14 @@ class MatrixClient:
         except Exception:
             log.exception("message handler failed", extra=context(room=room.room_id))
 
-    async def _invite_cb(self, room: nio.MatrixRoom, event: nio.InviteMemberEvent) -> None:
+    async def _invite_cb(self, room: MatrixRoom, event: InviteMemberEvent) -> None:
         if event.state_key != self.nio.user_id or event.membership != "invite":
             return
         if self._on_invite is None:
             return
         self._spawn(self._on_invite(room.room_id, event.sender), room.room_id)
 
-    async def _sync_cb(self, response: nio.SyncResponse) -> None:
+    async def _sync_cb(self, response: SyncResponse) -> None:
         self.last_sync = time.monotonic()
         for room_id, room in response.rooms.join.items():
             # A room seen for the first time (start, a new join) skips its past on purpose.
@@ -284,7 +295,7 @@ class MatrixClient:
             self._to_device_ready.clear()
             await self._to_device_ready.wait()
 
-    async def _undecryptable_cb(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
+    async def _undecryptable_cb(self, room: MatrixRoom, event: MegolmEvent) -> None:
         log.warning(
             "could not decrypt an event (missing room key)",
             extra=context(room=room.room_id, user=event.sender),
@@ -325,7 +336,7 @@ class MatrixClient:
         if not isinstance(resp, nio.KeysQueryResponse):
             log.warning("key query failed: %s", resp, extra=context(user=user_id))
 
-    def _device_by_curve(self, user_id: str, curve25519: str) -> nio.crypto.OlmDevice | None:
+    def _device_by_curve(self, user_id: str, curve25519: str) -> OlmDevice | None:
         devices = self.nio.olm.device_store[user_id].values()
         return next((d for d in devices if d.curve25519 == curve25519), None)
 

@@ -247,7 +247,7 @@ async def _upload_identity(
         if e.status != 401 or not isinstance(e.body.get("flows"), list):
             raise CrossSigningError(f"{what} failed: HTTP {e.status} {e.errcode}") from None
         flows, session = e.body["flows"], e.body.get("session")
-        params = e.body.get("params") if isinstance(e.body.get("params"), dict) else {}
+        params = p if isinstance(p := e.body.get("params"), dict) else {}
     if not any(_stages(flow) == ["m.login.password"] for flow in flows):
         raise CrossSigningError(_no_password_flow(flows, params))
     if not password:
@@ -269,11 +269,12 @@ async def _upload_identity(
 
 
 def _stages(flow: Any) -> list[Any]:
-    return flow.get("stages") if isinstance(flow, dict) else []
+    stages = flow.get("stages") if isinstance(flow, dict) else None
+    return stages if isinstance(stages, list) else []
 
 
 def _no_password_flow(flows: list[Any], params: dict[str, Any]) -> str:
-    if any(MAS_RESET_STAGE in (_stages(f) or []) for f in flows):
+    if any(MAS_RESET_STAGE in _stages(f) for f in flows):
         reset = params.get(MAS_RESET_STAGE)
         url = reset.get("url") if isinstance(reset, dict) else None
         where = f" ({url})" if isinstance(url, str) else ""

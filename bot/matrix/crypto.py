@@ -200,9 +200,9 @@ def encrypt_secret(key: bytes, name: str, secret: str, iv: bytes | None = None) 
     """``{iv, ciphertext, mac}`` of a secret (a string) under a secret storage key."""
     aes_key, mac_key = _derive(key, name)
     if iv is None:
-        iv = bytearray(os.urandom(16))
-        iv[8] &= 0x7F  # the spec clears bit 63, so the 64-bit counter never wraps (js too)
-        iv = bytes(iv)
+        fresh = bytearray(os.urandom(16))
+        fresh[8] &= 0x7F  # the spec clears bit 63, so the 64-bit counter never wraps (js too)
+        iv = bytes(fresh)
     ciphertext = _aes_ctr(aes_key, iv, secret.encode())
     mac = hmac.new(mac_key, ciphertext, hashlib.sha256).digest()
     # Padded base64 here, as matrix-js-sdk writes it (its encodeBase64).

@@ -41,19 +41,19 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    original = nio.SyncResponse.from_dict.__func__  # type: ignore[attr-defined]
+    original = nio.SyncResponse.from_dict.__func__
 
     @functools.wraps(original)
     def from_dict(cls: type, parsed_dict: dict[Any, Any]) -> Any:
         response = original(cls, parsed_dict)
         if isinstance(response, nio.SyncResponse):
             joined = (parsed_dict.get("rooms") or {}).get("join") or {}
-            response.sticky_events = {  # type: ignore[attr-defined]
+            response.sticky_events = {
                 room_id: _raw_sticky(info) for room_id, info in joined.items()
             }
         return response
 
-    nio.SyncResponse.from_dict = classmethod(from_dict)  # type: ignore[method-assign]
+    nio.SyncResponse.from_dict = classmethod(from_dict)
     _installed = True
 
 

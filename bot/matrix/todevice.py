@@ -108,7 +108,7 @@ def install() -> None:
         event.keys_match = _keys_match(self, event)
         return event
 
-    Olm._handle_olm_event = _handle_olm_event  # type: ignore[method-assign]
+    Olm._handle_olm_event = _handle_olm_event
     _installed = True
 
 

@@ -91,12 +91,8 @@ class DeviceTrust:
         """A ``/keys/query`` answer (never raises: it is attacker-influenced data)."""
         if not isinstance(answer, dict) or not isinstance(answer.get("device_keys"), dict):
             return
-        masters = answer.get("master_keys") if isinstance(answer.get("master_keys"), dict) else {}
-        ssks = (
-            answer.get("self_signing_keys")
-            if isinstance(answer.get("self_signing_keys"), dict)
-            else {}
-        )
+        masters = m if isinstance(m := answer.get("master_keys"), dict) else {}
+        ssks = s if isinstance(s := answer.get("self_signing_keys"), dict) else {}
         for user_id, devices in answer["device_keys"].items():
             if isinstance(user_id, str):
                 self._update_user(user_id, devices, masters.get(user_id), ssks.get(user_id))
@@ -192,7 +188,7 @@ def check_nio_internals() -> None:
 
 def attach(olm: Olm, trust: DeviceTrust) -> None:
     """Make this Olm machine feed and obey ``trust``."""
-    olm.callbot_trust = trust  # type: ignore[attr-defined]
+    olm.callbot_trust = trust
 
 
 def install() -> None:
@@ -201,15 +197,15 @@ def install() -> None:
     if _installed:
         return
     check_nio_internals()
-    from_dict = KeysQueryResponse.from_dict.__func__  # type: ignore[attr-defined]
+    from_dict = KeysQueryResponse.from_dict.__func__
 
     def keep_raw(cls: type, parsed_dict: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         response = from_dict(cls, parsed_dict, *args, **kwargs)
         if isinstance(response, KeysQueryResponse):
-            response.callbot_raw = parsed_dict  # type: ignore[attr-defined]
+            response.callbot_raw = parsed_dict
         return response
 
-    KeysQueryResponse.from_dict = classmethod(keep_raw)  # type: ignore[method-assign,assignment]
+    KeysQueryResponse.from_dict = classmethod(keep_raw)
 
     handle = Olm._handle_key_query
 
@@ -232,6 +228,6 @@ def install() -> None:
         trust = getattr(self, "callbot_trust", None)
         return trust is not None and not trust.allows(device.user_id, device.id, device.ed25519)
 
-    Olm._handle_key_query = _handle_key_query  # type: ignore[method-assign]
-    Olm.is_device_blacklisted = is_device_blacklisted  # type: ignore[method-assign]
+    Olm._handle_key_query = _handle_key_query
+    Olm.is_device_blacklisted = is_device_blacklisted
     _installed = True

@@ -82,7 +82,7 @@ class CallMedia:
         self._display_name = display_name
         self._notify = notify
         #: per LiveKit identity: the last end-to-end encryption state the SDK reported
-        self.e2ee_states: dict[str, rtc.EncryptionState] = {}
+        self.e2ee_states: dict[str, rtc.EncryptionState.ValueType] = {}
         self._notified: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._notice_tasks: set[asyncio.Task[None]] = set()
@@ -270,7 +270,9 @@ class CallMedia:
         state = self.e2ee_states.get(identity)
         return None if state is None else _E2EE_STATES.get(state, str(state))
 
-    def _on_e2ee_state(self, participant: rtc.Participant, state: rtc.EncryptionState) -> None:
+    def _on_e2ee_state(
+        self, participant: rtc.Participant, state: rtc.EncryptionState.ValueType
+    ) -> None:
         identity = participant.identity
         if identity == self.connection.identity:
             return
@@ -288,7 +290,7 @@ class CallMedia:
     def _still_undecryptable(self, identity: str) -> None:
         self._timers.pop(identity, None)
         state = self.e2ee_states.get(identity)
-        if state not in _BAD_STATES or self._notify is None:
+        if state is None or state not in _BAD_STATES or self._notify is None:
             return
         self._notified.add(identity)
         who = self.participant(identity)

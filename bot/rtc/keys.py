@@ -104,6 +104,7 @@ def parse_key_content(
     elif not isinstance(member, Mapping) or not isinstance(member.get("claimed_device_id"), str):
         why = "no member.claimed_device_id"
     if why is None:
+        assert isinstance(keys, Mapping) and isinstance(member, Mapping)  # the checks above
         try:
             raw = decode_key(keys["key"])
         except (binascii.Error, ValueError):
@@ -112,19 +113,21 @@ def parse_key_content(
             why = "key is not base64"
         elif len(raw) != KEY_BYTES:
             why = f"the key is {len(raw)} bytes, not {KEY_BYTES}"
-    if why is not None:
-        log.info("ignoring a media key event from %s: %s", sender, why)
-        return None
-    member_id = member.get("id")
-    sent_ts = content.get("sent_ts")
-    return ReceivedKey(
-        user_id=sender,
-        device_id=member["claimed_device_id"],
-        member_id=member_id if isinstance(member_id, str) else None,
-        key=MediaKey(raw, keys["index"]),
-        sent_ts=sent_ts if isinstance(sent_ts, int) and not isinstance(sent_ts, bool) else None,
-        received_at=received_at,
-    )
+        else:
+            member_id = member.get("id")
+            sent_ts = content.get("sent_ts")
+            return ReceivedKey(
+                user_id=sender,
+                device_id=member["claimed_device_id"],
+                member_id=member_id if isinstance(member_id, str) else None,
+                key=MediaKey(raw, keys["index"]),
+                sent_ts=(
+                    sent_ts if isinstance(sent_ts, int) and not isinstance(sent_ts, bool) else None
+                ),
+                received_at=received_at,
+            )
+    log.info("ignoring a media key event from %s: %s", sender, why)
+    return None
 
 
 # --------------------------------------------------------------------------- our own key
@@ -166,9 +169,9 @@ class OwnKey:
         """What to send now that the other members are ``others``; None if nothing."""
         now_set = frozenset(others)
         if self.current is None:
-            self._new_key(0)
+            key = self._new_key(0)
             self._shared_with = now_set
-            return Distribution(self.current, now_set, rotated=False, first=True)
+            return Distribution(key, now_set, rotated=False, first=True)
         left = self._shared_with - now_set
         joined = now_set - self._shared_with
         self._shared_with = now_set
@@ -184,9 +187,10 @@ class OwnKey:
         self.current = None
         self._shared_with = frozenset()
 
-    def _new_key(self, index: int) -> None:
-        self.current = self._make_key(index % INDEX_MODULUS)
+    def _new_key(self, index: int) -> MediaKey:
+        key = self.current = self._make_key(index % INDEX_MODULUS)
         self._created_at = self._clock()
+        return key
 
     def _age_ms(self) -> float:
         return (self._clock() - self._created_at) * 1000

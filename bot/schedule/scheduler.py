@@ -191,7 +191,7 @@ class JobScheduler:
 
 
 def _info(job: Any) -> Any:
-    args = getattr(job, "args", ())
+    args: tuple[Any, ...] = getattr(job, "args", ())
     plan = args[1] if len(args) == 2 and isinstance(args[1], dict) else None
     if plan is None or plan.get("v") != PLAN_VERSION:
         return None

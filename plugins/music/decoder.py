@@ -146,7 +146,8 @@ class Decoder:
 
     def _frames(self, container: av.container.InputContainer, stream: av.AudioStream) -> None:
         resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-        pending = np.zeros(0, np.float32)
+        # float32 samples (the resampler's "flt"), whatever dtype av's stubs allow for
+        pending: np.ndarray = np.zeros(0, np.float32)
         skip_until = self.start_at  # after a seek, decoding starts at the keyframe before
         bad = 0
         for packet in container.demux(stream):
@@ -236,8 +237,8 @@ def describe(e: BaseException) -> str:
     # Never the exception's own text: FFmpeg's names the file, i.e. a path on the server.
     # The outbound policy's names the host only.
     if isinstance(e, Unreachable):
-        reason = {"refused": " (connection refused)", "timed out": " (timed out)"}
-        return "it could not be reached" + reason.get(e.reason, "")
+        reasons = {"refused": " (connection refused)", "timed out": " (timed out)"}
+        return "it could not be reached" + reasons.get(e.reason, "")
     if isinstance(e, OutboundError):
         return refused(e)
     if isinstance(e, av.error.InvalidDataError):

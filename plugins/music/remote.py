@@ -45,10 +45,11 @@ class _Connection(http.client.HTTPConnection):
 
     def __init__(self, checked: CheckedUrl, policy: OutboundPolicy, timeout: float) -> None:
         super().__init__(checked.host, checked.port, timeout=timeout)
-        self._checked, self._policy = checked, policy
+        # http.client's own self.timeout may be None (no timeout); ours never is.
+        self._checked, self._policy, self._timeout = checked, policy, timeout
 
     def connect(self) -> None:
-        self.sock = connect(self._checked, self._policy, self.timeout)
+        self.sock = connect(self._checked, self._policy, self._timeout)
 
 
 class RemoteFile:

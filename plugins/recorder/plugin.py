@@ -359,7 +359,11 @@ class Recorder(Plugin):
         rec = self.recording
         if rec is None:
             return {"recording": 0}
-        writers = [rec.mix, *(t.writer for t in rec.tracks.values()), *rec.videos.values()]
+        writers: list[OpusOggWriter | Vp8WebmWriter] = [
+            rec.mix,
+            *(t.writer for t in rec.tracks.values()),
+            *rec.videos.values(),
+        ]
         return {
             "recording": 1,
             "bytes_written": sum(_size(w.path) for w in writers),

@@ -19,7 +19,7 @@ DESCRIPTION = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "transcribe", help="transcribe a call folder or an audio file", description=DESCRIPTION
     )
