@@ -10,6 +10,7 @@ memberships (``rtc_backend_identity``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -330,7 +331,7 @@ class CallMedia:
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             tasks = [
                 self._supervise(
-                    lambda w=wants, d=i == 0: self._pump_audio(track, w, remote, detect=d),
+                    functools.partial(self._pump_audio, track, wants, remote, detect=i == 0),
                     remote,
                     "audio",
                 )
@@ -338,7 +339,9 @@ class CallMedia:
             ]
         else:
             tasks = [
-                self._supervise(lambda w=wants: self._pump_video(track, w, remote), remote, "video")
+                self._supervise(
+                    functools.partial(self._pump_video, track, wants, remote), remote, "video"
+                )
                 for wants in self.router.video_wants()
             ]
         self._streams[(remote.identity, publication.sid)] = tasks
