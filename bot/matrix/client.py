@@ -8,7 +8,6 @@ there for 65 s when it resumes from a stored sync token).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 import time
@@ -91,8 +90,7 @@ class MatrixClient:
         self._sync_handlers: list[SyncHandler] = []
         self._to_device_handlers: list[ToDeviceHandler] = []
         #: handled one at a time, in arrival order, by one worker
-        self._to_device: collections.deque[todevice.DecryptedToDeviceEvent] = collections.deque()
-        self._to_device_ready = asyncio.Event()
+        self._to_device: asyncio.Queue[todevice.DecryptedToDeviceEvent] = asyncio.Queue()
         self._to_device_worker: asyncio.Task[None] | None = None
         #: to-device events dropped because too many were waiting
         self.to_device_dropped = 0
@@ -269,13 +267,12 @@ class MatrixClient:
                 log.exception("sync handler failed")
 
     async def _to_device_cb(self, event: todevice.DecryptedToDeviceEvent) -> None:
-        if len(self._to_device) >= TO_DEVICE_QUEUE:
-            self._to_device.popleft()
+        if self._to_device.qsize() >= TO_DEVICE_QUEUE:
+            self._to_device.get_nowait()
             self.to_device_dropped += 1
             if self.to_device_dropped % 100 == 1:
                 log.warning("too many to-device events waiting; dropping the oldest")
-        self._to_device.append(event)
-        self._to_device_ready.set()
+        self._to_device.put_nowait(event)
         if self._to_device_worker is None or self._to_device_worker.done():
             self._to_device_worker = asyncio.create_task(
                 self._handle_to_device(), name="matrix-to-device"
@@ -285,15 +282,12 @@ class MatrixClient:
 
     async def _handle_to_device(self) -> None:
         while True:
-            while self._to_device:
-                event = self._to_device.popleft()
-                for handler in self._to_device_handlers:
-                    try:
-                        await handler(event)
-                    except Exception:
-                        log.exception("to-device handler failed", extra=context(user=event.sender))
-            self._to_device_ready.clear()
-            await self._to_device_ready.wait()
+            event = await self._to_device.get()
+            for handler in self._to_device_handlers:
+                try:
+                    await handler(event)
+                except Exception:
+                    log.exception("to-device handler failed", extra=context(user=event.sender))
 
     async def _undecryptable_cb(self, room: MatrixRoom, event: MegolmEvent) -> None:
         log.warning(

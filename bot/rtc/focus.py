@@ -31,7 +31,7 @@ from bot.config import RtcConfig
 from bot.errors import CallbotError
 from bot.log import context, register_secret
 from bot.matrix import rest
-from bot.outbound import OutboundError, OutboundPolicy, display_host
+from bot.outbound import CheckedUrl, OutboundError, OutboundPolicy, display_host
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 from bot.rtc.membership import DEFAULT_SLOT_ID
 
@@ -135,13 +135,21 @@ async def check_transport(
         raise OutboundError("the call's focus has no livekit_service_url")
     checked = policy.check_url(service)
     await _trusted_service(client, service, policy)
+    if not await _first_look(policy, checked):
+        raise OutboundError(f"{checked.display} could not be found", checked.host)
+
+
+async def _first_look(policy: OutboundPolicy, checked: CheckedUrl) -> bool:
+    """Where ``checked`` leads, before the connection checks again: OutboundError if the
+    policy refuses an address it resolves to; False if it does not resolve at all."""
     if checked.trusted or policy.host_allowed(checked.host):
-        return
+        return True
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(checked.host, checked.port)
     except (OSError, UnicodeError):
-        raise OutboundError(f"{checked.display} could not be found", checked.host) from None
+        return False
     policy.check_addresses(checked.host, [str(i[4][0]) for i in infos])
+    return True
 
 
 async def _trusted_service(client: nio.AsyncClient, service: str, policy: OutboundPolicy) -> None:
@@ -253,15 +261,8 @@ async def _check_livekit_url(url: str, service: str, policy: OutboundPolicy) -> 
     as_http = ("https" if scheme.lower() == "wss" else "http") + "://" + rest_
     try:
         checked = policy.check_url(as_http)
-        if checked.trusted or checked.host == policy.check_url(service).host:
-            return
-        if policy.host_allowed(checked.host):
-            return
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(checked.host, checked.port)
-        except (OSError, UnicodeError):
-            return  # the SDK will say it cannot connect
-        policy.check_addresses(checked.host, [str(i[4][0]) for i in infos])
+        if checked.host != policy.check_url(service).host:
+            await _first_look(policy, checked)  # unresolvable: the SDK will say so
     except OutboundError as e:
         raise RtcError(f"the call's SFU is refused: {e}.") from None
 

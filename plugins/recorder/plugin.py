@@ -106,9 +106,6 @@ class _Recording:
     #: times the SFU connection was lost, in seconds of the recording ("end" None: not back)
     media_outages: list[dict[str, Any]] = field(default_factory=list)
 
-    def file_name(self, name: str) -> str:
-        return _part_name(name, self.part)
-
 
 class Recorder(Plugin):
     name = "recorder"
@@ -196,20 +193,27 @@ class Recorder(Plugin):
         if earlier is None and (folder / "meta.json").exists():
             folder = call.files_dir / started_utc
         await call.run_blocking(lambda: folder.mkdir(mode=0o700, parents=True, exist_ok=True))
-        parts = [] if earlier is None else [*earlier.pop("earlier_parts", []), earlier]
-        part = len(parts) + 1
-        interruptions = [] if earlier is None else earlier.pop("interruptions", [])
+        parts: list[dict[str, Any]] = []
+        interruptions: list[dict[str, Any]] = []
         if earlier is not None:
+            interruptions = earlier.pop("interruptions", [])
             interruptions.append(
                 {"from_utc": earlier.get("last_write_utc"), "until_utc": started_utc}
             )
+            parts = [*earlier.pop("earlier_parts", []), earlier]
+        part = len(parts) + 1
         mix = await call.run_blocking(
             OpusOggWriter, folder / _part_name("mixed.ogg", part), RATE, 1, self.config.bitrate
         )
         self.recording = _Recording(
-            folder, started_utc, self._now, mix, part=part, earlier_parts=parts
+            folder,
+            started_utc,
+            self._now,
+            mix,
+            part=part,
+            earlier_parts=parts,
+            interruptions=interruptions,
         )
-        self.recording.interruptions = interruptions
         await self._save_meta(self.recording)
         log.info("recording to %s", folder)
 
@@ -276,7 +280,7 @@ class Recorder(Plugin):
         track = rec.tracks.get(frame.participant.identity)
         t = frame.timestamp - rec.started_at
         if track is None:
-            name = rec.file_name(_file_name(frame.participant))
+            name = _part_name(_file_name(frame.participant), rec.part)
             writer = OpusOggWriter(rec.folder / name, RATE, 1, self.config.bitrate)
             track = _Track(frame.participant, writer, TrackTimeline(RATE), joined_at=max(0, t))
             rec.tracks[frame.participant.identity] = track
@@ -309,7 +313,9 @@ class Recorder(Plugin):
             if writer is not None:  # the camera changed size: a new file
                 writer.close()
             suffix = "" if writer is None else f"-{writer.frames}"
-            name = rec.file_name(_file_name(frame.participant).replace(".ogg", f"{suffix}.webm"))
+            name = _part_name(
+                _file_name(frame.participant).replace(".ogg", f"{suffix}.webm"), rec.part
+            )
             writer = Vp8WebmWriter(
                 rec.folder / name, frame.width, frame.height, self.config.video_fps
             )
@@ -392,12 +398,11 @@ class Recorder(Plugin):
 
     def _write_meta(self, complete: bool, rec: _Recording, loop_state: dict[str, Any]) -> None:
         with rec.lock:  # never an "incomplete" meta.json after the finished one
-            if not rec.closed or complete:
-                self._write_meta_locked(complete, rec, loop_state)
+            if rec.closed and not complete:
+                return
+            self._write_meta_file(complete, rec, loop_state)
 
-    def _write_meta_locked(
-        self, complete: bool, rec: _Recording, loop_state: dict[str, Any]
-    ) -> None:
+    def _write_meta_file(self, complete: bool, rec: _Recording, loop_state: dict[str, Any]) -> None:
         meta = {
             "room_id": loop_state["room_id"],
             "started_utc": rec.started_utc,
