@@ -66,6 +66,8 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
         with contextlib.suppress(OSError):
             name = (task / "comm").read_text().strip()
             name = name.rstrip("0123456789_-") or name  # tokio-runtime-w3 -> tokio-runtime-w
+            if name == "python":  # Python's own threads carry the process name
+                name = "python loop" if task.name == str(pid) else "python workers"
             out[name] = out.get(name, 0.0) + cpu_s_of(task / "stat")
     return out
 
@@ -306,6 +308,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             pids["synapse"] = synapse.proc.pid
         cpu0 = {k: cpu_s(p) for k, p in pids.items()}
         threads0 = thread_cpu_s(bot.pid)
+        gen0 = thread_cpu_s(os.getpid())
         own0 = resource.getrusage(resource.RUSAGE_SELF)
         t0, load0 = time.monotonic(), loadavg()
         rss = [rss_mb(bot.pid)]
@@ -313,8 +316,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         spy = None
         if args.profile:  # where the bot's Python time goes (py-spy, collapsed stacks)
             spy = await asyncio.create_subprocess_exec(
-                "py-spy", "record", "-p", str(bot.pid), "-d", str(int(args.seconds)), "-r", "50",
-                "-f", "raw", "-o", str(args.profile), "--nonblocking",
+                str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(bot.pid),
+                "-d", str(int(args.seconds)), "-r", "50", "-f", "raw", "-o", str(args.profile),
+                "--threads", "--nonblocking",
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         while time.monotonic() - t0 < args.seconds:
@@ -329,6 +333,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             k: round((v - threads0.get(k, 0.0)) / wall, 3) for k, v in thread_cpu_s(bot.pid).items()
         }
         result["bot_threads_cores"] = {k: v for k, v in threads.items() if v >= 0.005}
+        gen = {
+            k: round((v - gen0.get(k, 0.0)) / wall, 3) for k, v in thread_cpu_s(os.getpid()).items()
+        }
+        result["generator_threads_cores"] = {k: v for k, v in gen.items() if v >= 0.005}
         own1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu["load generator"] = (
             own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime
@@ -440,6 +448,10 @@ def report(r: dict[str, Any]) -> None:
     print(
         "bot CPU by thread: "
         + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["bot_threads_cores"].items())
+    )
+    print(
+        "generator CPU by thread: "
+        + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["generator_threads_cores"].items())
     )
     if r["bot_exit_code"] is not None:
         print(f"THE BOT EXITED after !leave, with {r['bot_exit_code']}")

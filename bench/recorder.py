@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,6 @@ import numpy as np
 from bot.plugin import AudioFrame, Participant, VideoFrame
 from bot.testing import FakeCall, PluginHarness
 from plugins.recorder.plugin import RATE, Recorder, RecorderConfig
-
-FRAME = 960
 
 
 async def measure_video(participants: int, seconds: float) -> None:
@@ -54,7 +53,22 @@ async def measure_video(participants: int, seconds: float) -> None:
     )
 
 
-async def measure(participants: int, seconds: float) -> None:
+def _source(content: str, index: int, samples: int) -> np.ndarray:
+    """int16 mono at 48 kHz: the shipped speech samples in a loop with 1 s pauses (each
+    participant starting elsewhere in the list), or a tone of its own pitch."""
+    if content == "tone":
+        t = np.arange(samples) / RATE
+        return (8000 * np.sin(2 * math.pi * (200 + 40 * index) * t)).astype(np.int16)
+    from plugins.transcriber.samples import samples as shipped
+
+    said = [s.pcm(RATE) for s in shipped().values()]
+    said = said[index % len(said) :] + said[: index % len(said)]
+    pause = np.zeros(RATE, dtype=np.int16)
+    loop = np.concatenate([x for s in said for x in (s, pause)])
+    return np.resize(loop, samples).astype(np.int16)
+
+
+async def measure(participants: int, seconds: float, content: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         call = FakeCall(files_dir=Path(tmp))
         h = PluginHarness(Recorder(), call)
@@ -62,25 +76,25 @@ async def measure(participants: int, seconds: float) -> None:
         people = [Participant(f"@p{i}:x", f"D{i}", f"@p{i}:x:D{i}") for i in range(participants)]
         call.members += people
         await h.plugin.start()
-        t = np.arange(FRAME) / RATE
-        pcm = [
-            (8000 * np.sin(2 * math.pi * (200 + 40 * i) * t)).astype(np.int16).reshape(-1, 1)
-            for i in range(participants)
-        ]
-        frames = round(seconds * RATE / FRAME)
+        # What the recorder declares it wants (frame size, rate), as the engine delivers it.
+        wants = Recorder.audio
+        frame = wants.samples_per_frame
+        frames = round(seconds * RATE / frame)
+        sources = [_source(content, i, frames * frame) for i in range(participants)]
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for n in range(frames):
-            for who, samples in zip(people, pcm, strict=True):
-                h.router.push_audio(
-                    Recorder.audio, AudioFrame(who, samples, RATE, n * FRAME / RATE)
-                )
+            for who, source in zip(people, sources, strict=True):
+                pcm = source[n * frame : (n + 1) * frame].reshape(-1, 1)
+                h.router.push_audio(wants, AudioFrame(who, pcm, RATE, n * frame / RATE))
             await h.settle()
         await h.plugin.stop()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     per = 100 * cpu / (participants * seconds)
     print(
-        f"{participants} participants x {seconds:.0f} s recorded in {wall:.1f} s wall: "
-        f"{per:.2f}% of one core per recorded participant (own file + mix + meta)"
+        f"{participants} participants x {seconds:.0f} s of {content} in "
+        f"{Recorder.audio.frame_ms} ms frames, recorded in {wall:.1f} s wall: "
+        f"{per:.2f}% of one core per recorded participant (own file + mix + meta); "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
 
 
@@ -88,8 +102,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--participants", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--content", choices=["speech", "tone", "both"], default="both")
+    ap.add_argument("--no-video", action="store_true")
     args = ap.parse_args()
-    asyncio.run(measure(args.participants, args.seconds))
+    for content in ("speech", "tone") if args.content == "both" else (args.content,):
+        asyncio.run(measure(args.participants, args.seconds, content))
+    if args.no_video:
+        return
     asyncio.run(measure_video(min(args.participants, 4), min(args.seconds, 10.0)))
 
 

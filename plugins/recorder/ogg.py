@@ -13,6 +13,11 @@ import av
 import numpy as np
 
 PAGE_DURATION_US = 100_000
+#: libopus settings, chosen by measurement (bench.recorder; docs/benchmarks.md "Recorder"):
+#: complexity 10 (the default) cost 1.0% of a core per stream of speech at 32 kbit/s,
+#: complexity 5 with 60 ms frames 0.28% at the same size (with 20 ms frames complexity 5
+#: overshot the bitrate by a third). A recording needs no 20 ms packets: nobody waits on them.
+ENCODER_OPTIONS = {"compression_level": "5", "frame_duration": "60"}
 
 
 class OpusOggWriter:
@@ -32,7 +37,9 @@ class OpusOggWriter:
             options={"flush_packets": "1", "page_duration": str(PAGE_DURATION_US)},
         )
         layout = "mono" if channels == 1 else "stereo"
-        self._stream = self._container.add_stream("libopus", rate=sample_rate, layout=layout)
+        self._stream = self._container.add_stream(
+            "libopus", rate=sample_rate, layout=layout, options=dict(ENCODER_OPTIONS)
+        )
         self._stream.bit_rate = bitrate
         self._layout = layout
         self.samples = 0  # written so far (the file's duration in samples)
