@@ -6,16 +6,19 @@
    offline (whole files, as ``callbot transcribe`` does).
 2. For N simultaneous speakers, each saying the samples in a loop with 1 s pauses, fed in real
    time (20 ms frames) through the real router, VAD and shared engine: the latency from the
-   end of each utterance (its last speech arriving) to its caption being posted (the bot's
+   end of each utterance's speech (when the frame holding its last speech was pushed into
+   the router, as the media engine does on receipt) to its caption being posted (the bot's
    Matrix client sending it, encrypted, in a thread of a room on a real Synapse, with one
-   other member), median and p95, and utterances missed. N keeps up if nothing is missed and
-   the latency does not grow during the run.
+   other member), median and p95, and utterances missed (every utterance the VAD found that
+   did not become a caption, including those still queued when the audio stopped). N keeps
+   up if nothing is missed and the latency does not grow during the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -99,17 +102,24 @@ async def speakers(n: int, seconds: float, call: FakeCall, threads: int) -> None
     cpu0 = time.process_time()
     for k in range(frames):
         t = k * FRAME / RATE
+        pushed = time.monotonic()  # the frame is "received by the bot" now
         for who, stream in zip(people, streams, strict=True):
             pcm = stream[k * FRAME : (k + 1) * FRAME].reshape(-1, 1)
             if pcm.shape[0] == FRAME:
-                h.router.push_audio(wants, AudioFrame(who, pcm, RATE, t))
+                h.router.push_audio(wants, AudioFrame(who, pcm, RATE, t, pushed))
         delay = start + (k + 1) * FRAME / RATE - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
     cpu = time.process_time() - cpu0
+    # Utterances still with the engine when the audio stops get their caption (and their
+    # latency, counted from their speech) or count as missed: nothing is left out.
+    fed = plugin.utterances
+    await h.settle()
+    if plugin._jobs:
+        await asyncio.wait(set(plugin._jobs), timeout=30)
     lat = list(plugin.latencies)
+    missed = fed - plugin.captioned
     await h.end()
-    missed = plugin.engine.refused
     if not lat:
         print(f"{n} speakers: no captions")
         return
@@ -118,8 +128,10 @@ async def speakers(n: int, seconds: float, call: FakeCall, threads: int) -> None
     print(
         f"{n} speakers: {len(lat)} captions, latency median {statistics.median(lat):.2f} s, "
         f"p95 {q[18]:.2f} s, first third median {statistics.median(lat[:third]):.2f} s, "
-        f"last third median {statistics.median(lat[-third:]):.2f} s, missed {missed}, "
-        f"CPU {cpu / seconds:.0%} of one core"
+        f"last third median {statistics.median(lat[-third:]):.2f} s, "
+        f"{sum(x <= 2.0 for x in lat) / len(lat):.0%} within 2 s, missed {missed} of {fed} "
+        f"(not captioned: refused, failed, empty), CPU {cpu / seconds:.0%} of one core, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
 
 

@@ -84,13 +84,16 @@ class AudioFrame:
     """``pcm``: int16 samples, shape (samples, channels), at the rate the plugin asked for.
 
     ``timestamp`` is seconds since the call started (the bot joined), on one clock for all
-    participants, so frames from different people line up.
+    participants, so frames from different people line up. ``received`` is when the bot got
+    the frame from the SDK (``time.monotonic()``; None where nobody knows): latencies such as
+    "speech ended -> caption sent" count from there.
     """
 
     participant: Participant
     pcm: np.ndarray
     sample_rate: int
     timestamp: float
+    received: float | None = None
 
     @property
     def channels(self) -> int:

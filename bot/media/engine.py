@@ -402,15 +402,17 @@ class CallMedia:
         clock = StreamClock(wants.sample_rate)
         try:
             async for event in stream:
-                frame = event.frame
-                pcm = np.frombuffer(frame.data, dtype=np.int16).reshape(-1, wants.channels)
-                now = self.now()
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).reshape(-1, wants.channels)
+                received = self._clock()
+                now = received - self._t0
                 start = clock.start_of(pcm.shape[0], now)
                 who = self.participant(remote.identity, remote.name)
                 if who is None:
                     continue
                 # No copy: the SDK hands every frame over in a fresh buffer of its own.
-                self.router.push_audio(wants, AudioFrame(who, pcm, wants.sample_rate, start))
+                self.router.push_audio(
+                    wants, AudioFrame(who, pcm, wants.sample_rate, start, received)
+                )
                 if detect:
                     self._detect_speech(who, pcm, now)
         finally:

@@ -8,6 +8,7 @@ gives exactly the probabilities of the whole-file run (checked in tests/test_vad
 
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 import time
@@ -74,7 +75,9 @@ class VadSettings:
 @dataclass(frozen=True, eq=False)
 class Utterance:
     """Speech of one person: float32 16 kHz mono ``audio`` from ``start`` to ``end`` seconds
-    (the caller's clock). ``spoken_end`` is the monotonic time the last speech arrived."""
+    (the caller's clock). ``spoken_end`` is the monotonic time the audio holding the last
+    speech (the end of the last window heard as speech) was received: latencies count from
+    there."""
 
     audio: np.ndarray
     start: float
@@ -109,9 +112,14 @@ class Segmenter:
         self._position = 0  # samples processed (whole windows)
         self._pad = RATE * s.pad_ms // 1000
         self._lock = threading.Lock()
+        #: (stream position just after a fed chunk, when that chunk was received)
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
 
-    def feed(self, pcm: np.ndarray, timestamp: float) -> list[Utterance]:
-        """``pcm``: int16 or float32 samples at 16 kHz, starting at ``timestamp`` seconds."""
+    def feed(
+        self, pcm: np.ndarray, timestamp: float, received: float | None = None
+    ) -> list[Utterance]:
+        """``pcm``: int16 or float32 samples at 16 kHz, starting at ``timestamp`` seconds,
+        received at ``received`` (``time.monotonic()``; None: now)."""
         audio = _as_float(pcm)
         with self._lock:
             done: list[Utterance] = []
@@ -122,7 +130,14 @@ class Segmenter:
                 self._pending = np.zeros(0, dtype=np.float32)
                 self._tail = np.zeros(0, dtype=np.float32)
                 self._origin, self._position = timestamp, 0
+                self._arrivals.clear()
             self._pending = np.concatenate([self._pending, audio])
+            end = self._position + self._pending.size
+            self._arrivals.append((end, time.monotonic() if received is None else received))
+            # Only arrivals from the current speech on can still be asked for.
+            keep = self._speech.start_sample if self._speech is not None else self._position
+            while len(self._arrivals) > 1 and self._arrivals[1][0] <= keep:
+                self._arrivals.popleft()
             whole = self._pending.size // WINDOW * WINDOW
             if whole:
                 windows = self._pending[:whole].reshape(-1, WINDOW)
@@ -167,7 +182,8 @@ class Segmenter:
         voiced = keep - speech.lead - min(self._pad, speech.silence)
         if voiced < RATE * self.settings.min_speech_ms // 1000:
             return []
-        return [self._utterance(audio[:keep], speech.start_sample, speech.silence)]
+        voiced_end = speech.start_sample + audio.size - speech.silence
+        return [self._utterance(audio[:keep], speech.start_sample, voiced_end)]
 
     def _cut(self, speech: _Speech) -> list[Utterance]:
         """Too long: end it at the quietest window of its last third, go on after it."""
@@ -176,7 +192,7 @@ class Segmenter:
         quietest = last_third + int(np.argmin(probs[last_third:]))
         audio = np.concatenate(speech.chunks)
         cut = audio.size - (probs.size - quietest - 1) * WINDOW
-        done = self._utterance(audio[:cut], speech.start_sample, 0)
+        done = self._utterance(audio[:cut], speech.start_sample, speech.start_sample + cut)
         rest = audio[cut:]
         self._speech = _Speech(
             speech.start_sample + cut, 0, [rest], speech.probs[quietest + 1 :], speech.silence
@@ -184,12 +200,18 @@ class Segmenter:
         self._speech.length = rest.size
         return [done]
 
-    def _utterance(self, audio: np.ndarray, start_sample: int, trailing: int) -> Utterance:
+    def _utterance(self, audio: np.ndarray, start_sample: int, voiced_end: int) -> Utterance:
+        """``voiced_end``: the stream position where the speech ended (the silence after it
+        is partly kept as the utterance's tail)."""
         start = self._origin + start_sample / RATE
-        # The speech ended ``trailing`` samples ago: the silence that ended it (of which the
-        # utterance keeps ``pad`` as its tail).
-        spoken_end = time.monotonic() - trailing / RATE
-        return Utterance(audio, start, start + audio.size / RATE, spoken_end)
+        return Utterance(audio, start, start + audio.size / RATE, self._received(voiced_end))
+
+    def _received(self, position: int) -> float:
+        """When the chunk holding the sample just before ``position`` was received."""
+        for end, received in self._arrivals:
+            if end >= position:
+                return received
+        return self._arrivals[-1][1] if self._arrivals else time.monotonic()
 
 
 def _as_float(pcm: np.ndarray) -> np.ndarray:
