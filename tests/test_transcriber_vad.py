@@ -88,3 +88,23 @@ def test_a_jump_in_time_ends_the_utterance() -> None:
 def test_settings_out_of_range_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         VadSettings(**kwargs)
+
+
+def test_an_utterance_is_dated_by_when_its_last_speech_was_received() -> None:
+    # Frames "received" at 100 + their end in stream time; the utterance is found only
+    # after 400 ms of silence, but its clock is the frame that held the end of the speech.
+    a = samples()["slt-1"].seconds
+    audio = speech(0.5, "slt-1", 1.0)
+    seg, done = Segmenter(), []
+    for i in range(0, audio.size, 320):
+        done += seg.feed(audio[i : i + 320], i / RATE, received=100.0 + (i + 320) / RATE)
+    assert len(done) == 1
+    # the speech ends within a VAD window or two of the sample's end
+    assert done[0].spoken_end == pytest.approx(100.0 + 0.5 + a, abs=0.1)
+
+
+def test_late_frames_keep_their_own_receipt_times() -> None:
+    # The same audio handed over in one burst 2 s late: the speech is dated by that burst.
+    audio = speech(0.5, "slt-1", 1.0)
+    done = Segmenter().feed(audio, 0.0, received=50.0)
+    assert len(done) == 1 and done[0].spoken_end == 50.0
