@@ -42,6 +42,7 @@ from typing import Any
 import nio
 
 from bench.load_files import analyse_recordings, caption_latencies
+from bench.load_publisher import LoadParticipant
 from bench.load_voice import make_voice
 
 HOST = os.environ.get("CALLBOT_NETNS_ADDRS", "10.213.0.1").split(",")[0]
@@ -166,7 +167,16 @@ async def stop_process(proc: Any, timeout: float = 60.0) -> None:
 
 
 def participant(synapse: Any, account: Any, folder: Path, sfu: str, args: Any, voice: type) -> Any:
+    """A participant of ``--generator sdk``: the bot framework with a plugin that speaks."""
     from bot.app import CallBot
+
+    config = participant_config(synapse, account, folder, sfu, args, ["load-voice"])
+    return CallBot(config, {"load-voice": voice})
+
+
+def participant_config(
+    synapse: Any, account: Any, folder: Path, sfu: str, args: Any, plugins: list[str] | None = None
+) -> Any:
     from bot.config import parse_config
 
     raw = {
@@ -179,10 +189,10 @@ def participant(synapse: Any, account: Any, folder: Path, sfu: str, args: Any, v
         "bot": {"data_dir": str(folder / account.localpart), "command_prefix": "lg:"},
         "rtc": {"livekit_service_url": sfu, "max_calls": args.calls, "auto_leave": False},
         "logging": {"level": "ERROR"},
-        "plugins": {"enabled": ["load-voice"]},
+        "plugins": {"enabled": plugins or []},
         "schedule": {"enabled": False},
     }
-    return CallBot(parse_config(raw, base_dir=folder, environ={}), {"load-voice": voice})
+    return parse_config(raw, base_dir=folder, environ={})
 
 
 async def make_rooms(host: Any, n: int, invite: list[str]) -> list[str]:
@@ -243,11 +253,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ready_rss = rss_mb(bot.pid)
         say(f"bot ready, RSS {ready_rss:.0f} MiB")
 
-        voices = [make_voice(i, frozenset(), args.idle) for i in range(args.participants)]
-        people = [
-            participant(synapse, a, folder, sfu_url, args, v)
-            for a, v in zip(accounts, voices, strict=True)
-        ]
+        voices: list[Any]
+        if args.generator == "sdk":
+            voices = [make_voice(i, frozenset(), args.idle) for i in range(args.participants)]
+            people = [
+                participant(synapse, a, folder, sfu_url, args, v)
+                for a, v in zip(accounts, voices, strict=True)
+            ]
+        else:  # each participant is its own "voice": it publishes itself
+            people = voices = [
+                LoadParticipant(participant_config(synapse, a, folder, sfu_url, args), i, args.idle)
+                for i, a in enumerate(accounts)
+            ]
         for i, p in enumerate(people):
             await p.start()
             cleanup.append(p.stop)
@@ -271,7 +288,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         async def join(p: Any, room: str) -> None:
             async with gate:
-                await p.rtc.get_room_session(room).join()
+                if isinstance(p, LoadParticipant):
+                    await p.join_call(room)
+                else:  # the bot framework's media engine publishes for its plugin
+                    await p.rtc.get_room_session(room).join()
 
         await asyncio.gather(*(join(p, r) for p in people for r in rooms))
         await until(
@@ -484,6 +504,13 @@ def main() -> None:
     ap.add_argument("--speakers", type=int, default=0, help="participants speaking (all calls)")
     ap.add_argument(
         "--idle", choices=["tone", "silence"], default="tone", help="what non-speakers send"
+    )
+    ap.add_argument(
+        "--generator",
+        choices=["loop", "sdk"],
+        default="loop",
+        help="participants' media: pre-encoded, pre-encrypted Opus loops over aiortc (cheap), "
+        "or the livekit SDK encoding live (what the bot framework itself does)",
     )
     ap.add_argument("--port", type=int, default=7890)
     ap.add_argument("--keep", action="store_true", help="keep the files")

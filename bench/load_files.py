@@ -12,12 +12,13 @@ from typing import Any
 import av
 import numpy as np
 
-from bench.load_voice import Voice
 
 RATE = 48_000
 WINDOW = RATE // 50  # 20 ms
 #: A 20 ms window of a tone quieter than this share of the tone's median level is a gap.
 QUIET = 0.1
+#: ... and any window quieter than this (the tones' RMS is 0.18 of full scale)
+ABSOLUTE_QUIET = 0.01
 #: Stay this far from a file's start (the participant's first audio) and end.
 MARGIN_S = 0.5
 
@@ -80,7 +81,9 @@ def _quiet_stretches(pcm: np.ndarray, joined_at: float) -> tuple[int, float]:
         return 0, 0.0
     windows = pcm[first : first + usable * WINDOW].reshape(usable, WINDOW)
     rms = np.sqrt(np.mean(windows**2, axis=1))
-    quiet = rms < QUIET * float(np.median(rms))
+    # Relative to the tone's own level, but never below an absolute floor: a file that is
+    # silent throughout (media that never decrypted) is one long quiet stretch, not clean.
+    quiet = rms < max(QUIET * float(np.median(rms)), ABSOLUTE_QUIET)
     runs = int(np.count_nonzero(quiet[1:] & ~quiet[:-1]) + int(quiet[0]))
     return runs, float(np.count_nonzero(quiet)) * WINDOW / RATE
 
@@ -90,7 +93,7 @@ def _words(text: str) -> set[str]:
 
 
 def caption_latencies(
-    seen: list[tuple[str, str, float]], voices: list[type[Voice]], start: float, end: float
+    seen: list[tuple[str, str, float]], voices: list[Any], start: float, end: float
 ) -> dict[str, Any]:
     """Each caption ``Speaker k: text`` that arrived between ``start`` and ``end`` against
     the sentence it best matches, as speaker k last said it before the caption came."""
