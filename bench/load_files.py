@@ -12,7 +12,6 @@ from typing import Any
 import av
 import numpy as np
 
-
 RATE = 48_000
 WINDOW = RATE // 50  # 20 ms
 #: A 20 ms window of a tone quieter than this share of the tone's median level is a gap.
