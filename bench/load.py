@@ -228,7 +228,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     python = os.environ.get("CALLBOT_SYNAPSE_PYTHON")
     synapse = Synapse(folder / "synapse", Path(python) if python else None)
     cleanup: list[Callable[[], Any]] = []
-    result: dict[str, Any] = {"calls": args.calls, "participants": args.participants}
+    result: dict[str, Any] = {
+        "calls": args.calls,
+        "participants": args.participants,
+        "generator": args.generator,
+    }
     try:
         await asyncio.to_thread(synapse.start)
         sfu_url = f"http://{HOST}:{args.port}"
@@ -441,16 +445,18 @@ def report(r: dict[str, Any]) -> None:
     bot_cpu = r["cpu_cores"]["bot"]
     grown = r["rss_last_mb"] - r["rss_first_mb"]
     rec = r["recordings"]
-    print(f"{n} calls x {m} participants, {r['seconds']} s measured")
+    print(f"{n} calls x {m} participants, {r['seconds']} s measured, generator {r['generator']}")
     print(f"load average {r['loadavg_start']} -> {r['loadavg_end']}")
     print(
         "CPU, cores: "
         + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["cpu_cores"].items())
         + " (100% = one core)"
     )
+    cores = r["cpu_cores"]
     print(
         f"bot CPU per call {bot_cpu / n * 100:.2f}% of a core, per participant "
-        f"{bot_cpu / (n * m) * 100:.2f}%"
+        f"{bot_cpu / (n * m) * 100:.2f}%; per participant: load generator "
+        f"{cores['load generator'] / (n * m) * 100:.2f}%, SFU {cores['sfu'] / (n * m) * 100:.2f}%"
     )
     per = (r["rss_last_mb"] - r["rss_ready_mb"]) / (n * m)
     print(
@@ -496,7 +502,9 @@ def report(r: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument(
+        "--calls", default="5", help="calls, or several (1,2,4): one run each, then the slope"
+    )
     ap.add_argument("--participants", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
@@ -518,10 +526,41 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, help="py-spy the bot into this file (raw)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    result = asyncio.run(run(args))
-    report(result)
+    results = []
+    for calls in [int(n) for n in str(args.calls).split(",")]:
+        one = argparse.Namespace(**{**vars(args), "calls": calls})
+        results.append(asyncio.run(run(one)))
+        report(results[-1])
+        print(flush=True)
+    if len(results) > 1:
+        report_slope(results)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def report_slope(results: list[dict[str, Any]]) -> None:
+    """What one more participant costs: the slope over the runs (fixed costs drop out)."""
+    people = [r["calls"] * r["participants"] for r in results]
+    print("per participant, as the slope over " + ", ".join(f"{r['calls']}" for r in results))
+    print("calls (least squares of CPU over participants; 100% = one core):")
+    for who in results[0]["cpu_cores"]:
+        ys = [r["cpu_cores"].get(who, 0.0) for r in results]
+        print(f"  {who}: {slope(people, ys) * 100:.2f}% per participant")
+    threads = sorted({k for r in results for k in r["bot_threads_cores"]})
+    parts = []
+    for name in threads:
+        ys = [r["bot_threads_cores"].get(name, 0.0) for r in results]
+        parts.append(f"{name} {slope(people, ys) * 100:.2f}%")
+    print("  bot by thread: " + ", ".join(parts))
+    print("  load average at the starts: " + "; ".join(r["loadavg_start"] for r in results))
 
 
 if __name__ == "__main__":
