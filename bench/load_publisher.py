@@ -52,6 +52,8 @@ AMPLITUDE = 0.25
 PAUSE_S = 1.5  # between sentences
 SALT = b"LKFrameEncryptionKey"
 TIME_BASE = fractions.Fraction(1, RATE)
+#: Packets this late are skipped (a gap this process made) rather than sent in a burst.
+CATCH_UP_S = 0.3
 
 
 def tone_hz(index: int) -> int:
@@ -181,9 +183,11 @@ class LoopTrack(MediaStreamTrack):
         due = self._t0 + (self._n + 1) * PACKET / RATE  # a 20 ms packet is whole at its end
         if due > now:
             await asyncio.sleep(due - now)
-        elif now - due > 0.02:  # this process was late: its own gap, not the bot's
+        elif now - due > CATCH_UP_S:  # this process was stuck: its own gap, not the bot's
             self.stats.underruns.append((now, now - due))
             self._t0 += now - due
+        # Late by less: sent at once, the next ones too until on time again, as a network
+        # delay would bring them; the receiver's jitter buffer is there for that.
         k = self._n % len(self._frames)
         packet = av.Packet(self._frames[k])
         packet.pts, packet.time_base = self._n * PACKET, TIME_BASE
