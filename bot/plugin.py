@@ -165,8 +165,8 @@ class AudioWants:
             raise ValueError(f"unsupported sample rate {self.sample_rate}")
         if self.channels not in (1, 2):
             raise ValueError("channels must be 1 or 2")
-        if self.frame_ms not in (10, 20, 40, 60, 100):
-            raise ValueError("frame_ms must be 10, 20, 40, 60 or 100")
+        if self.frame_ms not in (10, 20, 40, 60, 100, 200):
+            raise ValueError("frame_ms must be 10, 20, 40, 60, 100 or 200")
 
     @property
     def samples_per_frame(self) -> int:
