@@ -391,7 +391,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         found = [(int(m[1]), int(m[2])) for m in queued if m]
         result["status_dropped"] = sum(d for d, _ in found)
         result["status_max_queued"] = max((q for _, q in found), default=0)
-        if args.transcribe:
+        if args.transcribe:  # captions of the window's last sentences may still come
+            await asyncio.sleep(max(0.0, window_end + 5.0 - time.monotonic()))
             result["captions"] = caption_latencies(notices.seen, voices, window_start, window_end)
 
         for room in rooms:
@@ -491,10 +492,10 @@ def report(r: dict[str, Any]) -> None:
     if "captions" in r:
         c = r["captions"]
         print(
-            f"captions: {c['n']} matched of {c['spoken']} sentences spoken, latency after "
-            f"the end of the sentence p50 {c['p50']} s, p90 {c['p90']} s, max {c['max']} s, "
-            f"{c['within_2s']:.0%} within 2 s; {c['missed_utterances']} utterances missed "
-            f"by the engine"
+            f"captions: {c['spoken']} sentences spoken, {c['missed']} without a caption; "
+            f"latency from the sentence's last sample leaving its speaker to the caption "
+            f"arriving: p50 {c['p50']} s, p90 {c['p90']} s, max {c['max']} s, "
+            f"{c['within_2s']:.0%} within 2 s; {c['missed_utterances']} refused by the engine"
         )
     if r["bot_log_error_count"]:
         print(f"bot log: {r['bot_log_error_count']} errors, first: {r['bot_log_errors'][0]}")

@@ -92,36 +92,45 @@ def _words(text: str) -> set[str]:
 
 
 def caption_latencies(
-    seen: list[tuple[str, str, float]], voices: list[Any], start: float, end: float
+    seen: list[tuple[str, str, float]],
+    voices: list[Any],
+    start: float,
+    end: float,
+    grace: float = 5.0,
 ) -> dict[str, Any]:
-    """Each caption ``Speaker k: text`` that arrived between ``start`` and ``end`` against
-    the sentence it best matches, as speaker k last said it before the caption came."""
+    """Every sentence whose last sample left its speaker between ``start`` and ``end``, and
+    the caption ``Speaker k: text`` that best matches it, arriving up to ``grace`` seconds
+    after ``end``: latency from the sentence's end to the caption's arrival. A sentence with
+    no caption is missed, whatever the reason (refused, lost, misheard beyond recognition)."""
     latencies = []
+    matched: set[int] = set()
     for room, body, arrived in seen:
         m = re.match(r"Speaker (\d+): (.*)", body)
-        if m is None or not start <= arrived <= end:
+        if m is None or not start <= arrived <= end + grace:
             continue
         voice = voices[int(m.group(1)) - 1].instances.get(room)
         if voice is None:
             continue
         heard = _words(m.group(2))
-        said = [s for s in voice.stats.spoken if s.end <= arrived]
+        said = [s for s in voice.stats.spoken if s.end <= arrived and id(s) not in matched]
         if not said or not heard:
             continue
         best = max(said, key=lambda s: (len(heard & _words(s.text)), s.end))
-        if heard & _words(best.text):
+        if heard & _words(best.text) and start <= best.end <= end:
+            matched.add(id(best))
             latencies.append(arrived - best.end)
-    spoken = sum(
-        1
+    spoken = [
+        s
         for v in voices
         for inst in v.instances.values()
         for s in inst.stats.spoken
-        if start <= s.end <= end - 2.0
-    )
+        if start <= s.end <= end
+    ]
     q = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [0.0] * 9
     return {
         "n": len(latencies),
-        "spoken": spoken,
+        "spoken": len(spoken),
+        "missed": sum(id(s) not in matched for s in spoken),
         "p50": round(statistics.median(latencies), 2) if latencies else None,
         "p90": round(q[8], 2),
         "max": round(max(latencies), 2) if latencies else None,
