@@ -30,7 +30,7 @@ def test_the_tone_loop_is_one_second_of_20_ms_packets_that_decode_to_the_tone() 
     for data in script.packets * 2:
         packet = av.Packet(data)
         frames = codec.decode(packet)  # type: ignore[attr-defined]
-        pcm += [f.to_ndarray()[0] for f in frames]  # planar: the first channel
+        pcm += [f.to_ndarray().reshape(-1)[:: len(f.layout.channels)] for f in frames]
     audio = np.concatenate(pcm).astype(np.float32)[RATE // 2 :]
     peak = np.argmax(np.abs(np.fft.rfft(audio))) * RATE / audio.size
     assert abs(peak - 440) < 5
