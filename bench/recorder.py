@@ -53,6 +53,42 @@ async def measure_video(participants: int, seconds: float) -> None:
     )
 
 
+def encoder_table(seconds: float) -> None:
+    """libopus through PyAV as the recorder writes (mono, 32 kbit/s, Ogg, 200 ms writes):
+    CPU per second of audio and the size it gives, by complexity and packet length."""
+    import io
+
+    import av
+
+    speech = _source("speech", 0, round(seconds * RATE))
+    block = Recorder.audio.samples_per_frame
+    print(f"Opus encoder, {seconds:.0f} s of speech: complexity, packet ms -> CPU, size")
+    for complexity in (10, 5, 3, 0):
+        for packet_ms in (20, 60):
+            buf = io.BytesIO()
+            container = av.open(buf, "w", format="ogg")
+            options = {"compression_level": str(complexity), "frame_duration": str(packet_ms)}
+            stream = container.add_stream("libopus", rate=RATE, layout="mono", options=options)
+            stream.bit_rate = 32_000
+            cpu0 = time.process_time()
+            for i in range(0, speech.size, block):
+                frame = av.AudioFrame.from_ndarray(
+                    speech[i : i + block].reshape(1, -1), format="s16", layout="mono"
+                )
+                frame.sample_rate, frame.pts = RATE, i
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+            container.close()
+            cpu = time.process_time() - cpu0
+            kbit_s = len(buf.getvalue()) * 8 / seconds / 1000
+            print(
+                f"  {complexity:2d}, {packet_ms} ms: {100 * cpu / seconds:.2f}% of one core, "
+                f"{kbit_s:.1f} kbit/s"
+            )
+
+
 def _source(content: str, index: int, samples: int) -> np.ndarray:
     """int16 mono at 48 kHz: the shipped speech samples in a loop with 1 s pauses (each
     participant starting elsewhere in the list), or a tone of its own pitch."""
@@ -104,7 +140,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--content", choices=["speech", "tone", "both"], default="both")
     ap.add_argument("--no-video", action="store_true")
+    ap.add_argument("--encoder", action="store_true", help="only the Opus settings table")
     args = ap.parse_args()
+    if args.encoder:
+        encoder_table(args.seconds)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return
     for content in ("speech", "tone") if args.content == "both" else (args.content,):
         asyncio.run(measure(args.participants, args.seconds, content))
     if args.no_video:
