@@ -309,6 +309,11 @@ class LoadParticipant:
         await self.matrix.start()
 
     async def join_call(self, room_id: str) -> None:
+        deadline = time.monotonic() + 60
+        while room_id not in self.matrix.nio.rooms:  # its own sync of the room it joined
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{room_id} never synced")
+            await asyncio.sleep(0.1)
         session = self.rtc.get_room_session(room_id)
         access = await session.join()
         if room_id in self.speak_rooms:
