@@ -379,6 +379,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await until(lambda: notices.count("matrix-callbot ") >= 1, "the !status reply", 30)
         status = next(b for _, b, _ in notices.seen if b.startswith("matrix-callbot "))
         result["status_plugin_lines"] = [ln.strip() for ln in status.splitlines() if "plugin" in ln]
+        result["sender_late"] = sum(
+            window_start <= t <= window_end
+            for voice in voices
+            for v in voice.instances.values()
+            for t, _ in getattr(v.stats, "late", ())
+        )
         result["sender_underruns"] = sum(
             window_start <= t <= window_end
             for voice in voices
@@ -484,7 +490,10 @@ def report(r: dict[str, Any]) -> None:
         print(f"THE BOT EXITED after !leave, with {r['bot_exit_code']}")
     if r["recordings_unfinished"]:
         print(f"recordings not finished 120 s after !leave: {r['recordings_unfinished']}")
-    print(f"participants' own underruns in the window (generator starved): {r['sender_underruns']}")
+    print(
+        f"participants' own underruns in the window (generator starved): "
+        f"{r['sender_underruns']}; packets it sent over 60 ms late: {r['sender_late']}"
+    )
     print(
         f"!status at the end: {r['status_dropped']} frames dropped by all plugins, longest "
         f"queue {r['status_max_queued']} frames; e.g. {r['status_plugin_lines'][:2]}"

@@ -54,6 +54,8 @@ SALT = b"LKFrameEncryptionKey"
 TIME_BASE = fractions.Fraction(1, RATE)
 #: Packets this late are skipped (a gap this process made) rather than sent in a burst.
 CATCH_UP_S = 0.3
+#: Packets this late are counted: the receiver's jitter buffer may not cover them.
+LATE_S = 0.06
 
 
 def tone_hz(index: int) -> int:
@@ -74,6 +76,9 @@ class VoiceStats:
     written_s: float = 0.0
     #: (when, seconds): times this process was late with a packet (its own gap)
     underruns: list[tuple[float, float]] = field(default_factory=list)
+    #: (when, seconds): packets sent more than LATE_S after their time (a burst follows;
+    #: past the receiver's jitter buffer that is a quiet stretch this process made)
+    late: list[tuple[float, float]] = field(default_factory=list)
     spoken: list[Spoken] = field(default_factory=list)
 
 
@@ -186,6 +191,8 @@ class LoopTrack(MediaStreamTrack):
         elif now - due > CATCH_UP_S:  # this process was stuck: its own gap, not the bot's
             self.stats.underruns.append((now, now - due))
             self._t0 += now - due
+        elif now - due > LATE_S:
+            self.stats.late.append((now, now - due))
         # Late by less: sent at once, the next ones too until on time again, as a network
         # delay would bring them; the receiver's jitter buffer is there for that.
         k = self._n % len(self._frames)
