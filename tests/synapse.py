@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from bot.demo.synapse import Account, free_port
 from bot.demo.synapse import Synapse as _Synapse
@@ -20,8 +21,8 @@ def synapse_python() -> Path:
 
 
 class Synapse(_Synapse):
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, synapse_python())
+    def __init__(self, directory: Path, extra_config: dict[str, Any] | None = None) -> None:
+        super().__init__(directory, synapse_python(), extra_config)
 
     def start(self, timeout_s: float = 60.0) -> None:
         if not self.python.exists():

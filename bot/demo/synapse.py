@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SERVER_NAME = "localhost"
 
@@ -101,9 +102,17 @@ class Account:
 
 
 class Synapse:
-    def __init__(self, directory: Path, python: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        python: Path | None = None,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
         self.dir = directory
         self.python = python or Path(sys.executable)
+        # Top-level keys that replace the generated ones (e.g. the federation tests'): a second
+        # config file, which Synapse merges over the first key by key. Set before start().
+        self.extra_config: dict[str, Any] = dict(extra_config or {})
         self._secret = secrets.token_hex(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -125,15 +134,20 @@ class Synapse:
         (self.dir / "log.config").write_text(
             _LOG_CONFIG.replace("LOGFILE", str(self.dir / "homeserver.log"))
         )
+        configs = ["-c", str(cfg)]
+        if self.extra_config:
+            extra = self.dir / "extra.yaml"
+            extra.write_text(json.dumps(self.extra_config))  # JSON is YAML
+            configs += ["-c", str(extra)]
         subprocess.run(
-            [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg), "--generate-keys"],
+            [str(py), "-m", "synapse.app.homeserver", *configs, "--generate-keys"],
             check=True,
             capture_output=True,
             cwd=self.dir,
         )
         out = open(self.dir / "stdout.log", "wb")  # closed when the process ends
         self.proc = subprocess.Popen(
-            [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)],
+            [str(py), "-m", "synapse.app.homeserver", *configs],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=self.dir,

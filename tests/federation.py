@@ -1,0 +1,196 @@
+"""Two real Synapses that federate with each other, each with its own dev SFU and JWT service,
+inside the test network namespace (scripts/netns-run.sh).
+
+Homeserver A is ``10.213.0.1:8448`` and B is ``10.213.0.2:8448``: IP literals with a port,
+which the spec's server name resolution connects to directly (no .well-known, no SRV).
+Federation is HTTPS with certificates of a CA made at run time (IP SANs); each Synapse trusts
+only that CA, lets only the other's name through ``federation_domain_whitelist`` and allows
+only the two veth addresses past its private-address block list. The client API stays on
+plain HTTP at 127.0.0.1 (``Homeserver.url``), as for the single-homeserver tests.
+
+Each Synapse's ``/rtc/transports`` advertises its own JWT service, ``http://<address>:7880``;
+the ``two_sfus`` fixture starts a :class:`DevSfu` there for each homeserver, checking its own
+users' OpenID tokens at its Synapse and other users' at their homeserver's federation API
+(over the test CA's TLS), and giving full tokens to its own users only.
+
+Fixtures (registered in tests/conftest.py): ``federation_ca``, ``two_homeservers`` (session scope:
+starting two Synapses costs seconds) and ``two_sfus`` (per test).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from bot.devsfu.server import DevSfu
+from tests.synapse import Account, Synapse
+from tests.testca import TestCa
+
+FEDERATION_PORT = 8448
+SFU_PORT = 7880
+
+
+@dataclass
+class Homeserver:
+    """One homeserver of the pair: its Synapse, Matrix server name and JWT service URL."""
+
+    synapse: Synapse
+    address: str  # the veth address its federation listener and its SFU are bound to
+    server_name: str  # "10.213.0.1:8448": in every user ID, e.g. "@alice1:10.213.0.1:8448"
+    ca: TestCa
+
+    @property
+    def url(self) -> str:
+        """The client-server API base URL (plain HTTP on loopback)."""
+        return self.synapse.url
+
+    @property
+    def federation_url(self) -> str:
+        return f"https://{self.server_name}"
+
+    @property
+    def jwt_url(self) -> str:
+        """The JWT service this homeserver's ``/rtc/transports`` advertises."""
+        return f"http://{self.address}:{SFU_PORT}"
+
+    @property
+    def transport(self) -> dict[str, str]:
+        """This homeserver's MatrixRTC transport, as ``/rtc/transports`` lists it."""
+        return {"type": "livekit", "livekit_service_url": self.jwt_url}
+
+    def register(self, prefix: str = "user", admin: bool = False) -> Account:
+        return self.synapse.register(prefix, admin)
+
+    def make_sfu(self, **kwargs: Any) -> DevSfu:
+        """A dev SFU + JWT service for this homeserver (not started; see :meth:`start_sfu`)."""
+        return DevSfu(
+            homeserver=self.url,
+            server_name=self.server_name,
+            federation_ca=self.ca.cert_path,
+            **kwargs,
+        )
+
+    async def start_sfu(self, **kwargs: Any) -> DevSfu:
+        """A started one, on the address and port that ``/rtc/transports`` advertises (so a
+        test can stop it and start a new one there, as an SFU restart)."""
+        sfu = self.make_sfu(**kwargs)
+        await sfu.start(self.address, SFU_PORT)
+        return sfu
+
+
+def federation_config(
+    synapse: Synapse, address: str, server_name: str, peers: list[str], ca: TestCa
+) -> dict[str, Any]:
+    """The homeserver.yaml keys that replace bot.demo.synapse's for a federating Synapse."""
+    cert = ca.issue(address)
+    client_listener = {
+        "port": synapse.port,
+        "bind_addresses": ["127.0.0.1"],
+        "type": "http",
+        "tls": False,
+        "x_forwarded": False,
+        # federation here too: the JWT service checks its own users' OpenID tokens there
+        "resources": [{"names": ["client", "federation"], "compress": False}],
+    }
+    federation_listener = {
+        "port": FEDERATION_PORT,
+        "bind_addresses": [address],
+        "type": "http",
+        "tls": True,
+        "x_forwarded": False,
+        "resources": [{"names": ["federation"], "compress": False}],  # includes /_matrix/key
+    }
+    return {
+        "server_name": server_name,
+        "listeners": [client_listener, federation_listener],
+        "tls_certificate_path": str(cert.cert_path),
+        "tls_private_key_path": str(cert.key_path),
+        # Outgoing federation trusts the test CA only (Synapse then ignores the system's).
+        "federation_verify_certificates": True,
+        "federation_custom_ca_list": [str(ca.cert_path)],
+        "federation_domain_whitelist": [server_name, *peers],
+        # Synapse refuses private addresses for outgoing requests by default (10/8, 127/8).
+        # Block every address but the two homeservers': its allow list alone is not enough,
+        # as 1.163 checks IP-literal server names against the block list only (the
+        # BlocklistingAgentWrapper of MatrixFederationHttpClient gets no allow list).
+        "ip_range_blacklist": block_all_but([address, *[p.split(":")[0] for p in peers]]),
+        "ip_range_whitelist": [address, *[p.split(":")[0] for p in peers]],
+        "matrix_rtc": {
+            "transports": [
+                {"type": "livekit", "livekit_service_url": f"http://{address}:{SFU_PORT}"}
+            ]
+        },
+    }
+
+
+def block_all_but(allowed: list[str]) -> list[str]:
+    """CIDR ranges covering every IPv4 and IPv6 address except ``allowed`` (IPv4 ones)."""
+    ranges = [ipaddress.IPv4Network("0.0.0.0/0")]
+    for address in allowed:
+        host = ipaddress.IPv4Network(address)
+        ranges = [
+            part
+            for net in ranges
+            for part in (net.address_exclude(host) if host.subnet_of(net) else [net])
+        ]
+    return [str(net) for net in sorted(ranges)] + ["::/0"]
+
+
+@pytest.fixture(scope="session")
+def federation_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
+    return TestCa(tmp_path_factory.mktemp("test-ca"))
+
+
+@pytest.fixture(scope="session")
+def two_homeservers(
+    tmp_path_factory: pytest.TempPathFactory, netns_addrs: tuple[str, str], federation_ca: TestCa
+) -> Iterator[tuple[Homeserver, Homeserver]]:
+    """Homeservers A (first veth address) and B (second), federating with each other."""
+    names = [f"{a}:{FEDERATION_PORT}" for a in netns_addrs]
+    servers: list[Homeserver] = []
+    for i, address in enumerate(netns_addrs):
+        synapse = Synapse(tmp_path_factory.mktemp(f"synapse-{'ab'[i]}"))
+        peers = [n for n in names if n != names[i]]
+        synapse.extra_config = federation_config(synapse, address, names[i], peers, federation_ca)
+        servers.append(Homeserver(synapse, address, names[i], federation_ca))
+    started = time.monotonic()
+    # Both at once: each start is mostly a Python process importing Synapse.
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(s.synapse.start) for s in servers]
+        errors = [f.exception() for f in futures]
+    if any(errors):
+        for s in servers:
+            s.synapse.stop()
+        raise next(e for e in errors if e is not None)
+    print(f"two federating Synapses up in {time.monotonic() - started:.1f} s")
+    try:
+        yield servers[0], servers[1]
+    finally:
+        for s in servers:
+            s.synapse.stop()
+
+
+@pytest.fixture
+async def two_sfus(
+    two_homeservers: tuple[Homeserver, Homeserver],
+) -> AsyncIterator[tuple[DevSfu, DevSfu]]:
+    """Each homeserver's dev SFU + JWT service, where its ``/rtc/transports`` points."""
+    a, b = two_homeservers
+    sfu_a = await a.start_sfu()
+    try:
+        sfu_b = await b.start_sfu()
+    except BaseException:
+        await sfu_a.stop()
+        raise
+    yield sfu_a, sfu_b
+    await sfu_b.stop()
+    await sfu_a.stop()
+
+
+__all__ = ["FEDERATION_PORT", "SFU_PORT", "Homeserver", "federation_config"]
