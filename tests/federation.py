@@ -68,7 +68,13 @@ class Homeserver:
         return self.synapse.register(prefix, admin)
 
     def make_sfu(self, **kwargs: Any) -> DevSfu:
-        """A dev SFU + JWT service for this homeserver (not started; see :meth:`start_sfu`)."""
+        """A dev SFU + JWT service for this homeserver (not started; see :meth:`start_sfu`).
+
+        Without room auto-creation by default, as lk-jwt-service's README asks of LiveKit: a
+        room exists once one of this homeserver's users got a token for it (or for 20 s after
+        its last participant left), and remote users can only join it then.
+        """
+        kwargs.setdefault("auto_create", False)
         return DevSfu(
             homeserver=self.url,
             server_name=self.server_name,

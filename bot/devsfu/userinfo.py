@@ -33,11 +33,13 @@ class OpenIdRefused(Exception):
 def _split(server_name: str) -> tuple[str, int | None]:
     """Host and explicit port of a server name (``host``, ``host:port``, ``[v6]:port``)."""
     if server_name.startswith("["):
-        host, _, rest = server_name[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
+        host, bracket, rest = server_name[1:].partition("]")
+        sep, port = rest[:1], rest[1:]
+        ok = bool(bracket) and sep in ("", ":")
     else:
-        host, _, port = server_name.partition(":")
-    if not host or (port and not port.isdigit()):
+        host, sep, port = server_name.partition(":")
+        ok = True
+    if not ok or not host or (sep and not port.isdigit()):
         raise OpenIdRefused(f"not a server name: {server_name!r}")
     return host, int(port) if port else None
 
