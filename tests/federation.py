@@ -25,7 +25,9 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from bot.devsfu.server import DevSfu
@@ -88,6 +90,41 @@ class Homeserver:
         sfu = self.make_sfu(**kwargs)
         await sfu.start(self.address, SFU_PORT)
         return sfu
+
+
+async def openid_token(hs: Homeserver, account: Account) -> dict[str, Any]:
+    """A fresh OpenID token of ``account`` (as Element Call requests one), from a new login."""
+    login = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": account.localpart},
+        "password": account.password,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{hs.url}/_matrix/client/v3/login", json=login) as resp:
+            assert resp.status == 200, await resp.text()
+            session = await resp.json()
+        url = f"{hs.url}/_matrix/client/v3/user/{quote(account.user_id)}/openid/request_token"
+        headers = {"Authorization": f"Bearer {session['access_token']}"}
+        async with http.post(url, json={}, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+
+async def sfu_get(
+    jwt_url: str, token: dict[str, Any], room_id: str, device_id: str
+) -> tuple[str, str]:
+    """LiveKit URL and token from a JWT service's legacy ``/sfu/get`` (identity
+    ``{user}:{device_id}``, what Element Call's compatibility mode uses), for ``device_id``:
+    the service takes the device from the request, so a js peer's works with any login's
+    OpenID token."""
+    body = {"room": room_id, "openid_token": token, "device_id": device_id}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{jwt_url}/sfu/get", json=body) as resp,
+    ):
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        return answer["url"], answer["jwt"]
 
 
 def federation_config(
@@ -199,4 +236,11 @@ async def two_sfus(
     await sfu_a.stop()
 
 
-__all__ = ["FEDERATION_PORT", "SFU_PORT", "Homeserver", "federation_config"]
+__all__ = [
+    "FEDERATION_PORT",
+    "SFU_PORT",
+    "Homeserver",
+    "federation_config",
+    "openid_token",
+    "sfu_get",
+]

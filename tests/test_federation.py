@@ -4,22 +4,25 @@ CA made at run time, each with its own dev SFU and JWT service, and matrix-js-sd
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import pytest
+from livekit import rtc
 
 from bot.devsfu import DevSfu
 from bot.devsfu.auth import TokenAuthority
 from bot.rtc.identity import hashed_identity, livekit_room_alias
-from tests.federation import Homeserver
+from tests import lkclient
+from tests.federation import SFU_PORT, Homeserver, openid_token, sfu_get
 from tests.jspeer import JsPeer
 
 TIMEOUT = 30.0
+DEVICE = "JWTDEVICE"  # the JWT service does not check member device IDs
 Pair = tuple[Homeserver, Homeserver]
 
 
@@ -116,28 +119,16 @@ async def test_call_members_of_two_homeservers_trade_keys_and_name_their_own_sfu
 # --- the JWT services' federation rules ---------------------------------------------------------
 
 
-async def openid_token(hs: Homeserver, prefix: str) -> tuple[dict[str, Any], str, str]:
-    """A new user's OpenID token (as Element Call requests one), user ID and device ID."""
+async def new_user_token(hs: Homeserver, prefix: str) -> tuple[dict[str, Any], str]:
+    """A new user's OpenID token and user ID."""
     account = hs.register(prefix)
-    login = {
-        "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": account.localpart},
-        "password": account.password,
-    }
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{hs.url}/_matrix/client/v3/login", json=login) as resp:
-            session = await resp.json()
-        url = f"{hs.url}/_matrix/client/v3/user/{quote(account.user_id)}/openid/request_token"
-        headers = {"Authorization": f"Bearer {session['access_token']}"}
-        async with http.post(url, json={}, headers=headers) as resp:
-            assert resp.status == 200, await resp.text()
-            token = await resp.json()
+    token = await openid_token(hs, account)
     assert token["matrix_server_name"] == hs.server_name
-    return token, account.user_id, session["device_id"]
+    return token, account.user_id
 
 
-async def get_token(sfu: DevSfu, room: str, token: dict[str, Any], user: str, device: str):
-    member = {"id": str(uuid.uuid4()), "claimed_user_id": user, "claimed_device_id": device}
+async def get_token(sfu: DevSfu, room: str, token: dict[str, Any], user: str):
+    member = {"id": str(uuid.uuid4()), "claimed_user_id": user, "claimed_device_id": DEVICE}
     body = {"room_id": room, "slot_id": "m.call#ROOM", "openid_token": token, "member": member}
     async with (
         aiohttp.ClientSession() as http,
@@ -165,30 +156,25 @@ async def test_each_jwt_service_gives_remote_users_subscribe_only_tokens(
     sfu_a, sfu_b = two_sfus
     room = "!call:" + a.server_name
     alias = livekit_room_alias(room, "m.call#ROOM")
-    for hs, own_sfu, other_sfu in ((a, sfu_a, sfu_b), (b, sfu_b, sfu_a)):
-        token, user, device = await openid_token(hs, "jwt")
-        remote_token, remote_user, remote_device = await openid_token(
-            b if hs is a else a, "jwtremote"
-        )
+    for hs, own_sfu in ((a, sfu_a), (b, sfu_b)):
+        token, user = await new_user_token(hs, "jwt")
+        remote_token, remote_user = await new_user_token(b if hs is a else a, "jwtremote")
         # A remote user's token is checked at their own homeserver, over federation TLS: before
         # any of the service's own users asked, the room does not exist for them to join.
-        status, body, member_id = await get_token(
-            own_sfu, room, remote_token, remote_user, remote_device
-        )
+        status, body, member_id = await get_token(own_sfu, room, remote_token, remote_user)
         assert status == 200, body
         remote = TokenAuthority().verify(body["jwt"])
-        assert remote.identity == hashed_identity(remote_user, remote_device, member_id, go=True)
+        assert remote.identity == hashed_identity(remote_user, DEVICE, member_id, go=True)
         assert remote.room == alias
         assert (remote.can_publish, remote.can_subscribe) == (False, True)
         assert await signal_status(own_sfu, body["jwt"]) == 404
 
-        status, body, _ = await get_token(own_sfu, room, token, user, device)
+        status, body, _ = await get_token(own_sfu, room, token, user)
         assert status == 200, body
         local = TokenAuthority().verify(body["jwt"])
         assert local.can_publish and local.can_subscribe and local.can_update_metadata
         # The own user's request created the room; now the remote user may join it.
         assert await signal_status(own_sfu, TokenAuthority().mint(remote.identity, alias)) == 101
-        del other_sfu
 
 
 async def test_a_forged_remote_openid_token_is_refused(
@@ -196,11 +182,95 @@ async def test_a_forged_remote_openid_token_is_refused(
 ) -> None:
     a, b = two_homeservers
     sfu_a, _ = two_sfus
-    token, user, device = await openid_token(b, "forger")
+    token, user = await new_user_token(b, "forger")
     forged = {**token, "access_token": "forged" + token["access_token"][6:]}
-    status, body, _ = await get_token(sfu_a, "!r:x", forged, user, device)
+    status, body, _ = await get_token(sfu_a, "!r:x", forged, user)
     assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
     # A token of B's user presented as one of A's: checked at A, which does not know it.
     claims_a = {**token, "matrix_server_name": a.server_name}
-    status, body, _ = await get_token(sfu_a, "!r:x", claims_a, user, device)
+    status, body, _ = await get_token(sfu_a, "!r:x", claims_a, user)
     assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+
+
+# --- a federated call with media ----------------------------------------------------------------
+
+
+async def own_key(peer: JsPeer, room: str) -> tuple[bytes, int]:
+    e = await peer.wait_event(
+        lambda e: e["event"] == "key" and e["room_id"] == room and e["own"], TIMEOUT
+    )
+    return base64.b64decode(e["key"]), e["index"]
+
+
+async def key_of(peer: JsPeer, room: str, sender: JsPeer) -> tuple[bytes, int]:
+    e = await peer.wait_event(
+        lambda e: e["event"] == "key" and e["room_id"] == room and e["identity"] == sender.identity,
+        TIMEOUT,
+    )
+    return base64.b64decode(e["key"]), e["index"]
+
+
+async def test_members_publish_on_their_own_sfu_and_hear_each_other_through_the_other(
+    two_homeservers: Pair, two_sfus: tuple[DevSfu, DevSfu], tmp_path: Path
+) -> None:
+    """What Element Call 0.26 does in a federated call, and what the bot will join: each
+    member publishes on its own homeserver's SFU and subscribes (subscribe-only) on the other's.
+    """
+    a, b = two_homeservers
+    sfu_a, sfu_b = two_sfus
+    alice = await js_peer_on(a, tmp_path, "alice")
+    bob = await js_peer_on(b, tmp_path, "bob")
+    clients: list[lkclient.Client] = []
+    tones: list[lkclient.Tone] = []
+    probes: list[lkclient.AudioProbe] = []
+    try:
+        room = await shared_room(alice, bob)
+        await alice.call("rtc_join", room_id=room, foci=[a.transport])
+        await bob.call("rtc_join", room_id=room, foci=[b.transport])
+        tokens = {
+            alice: await openid_token(a, alice.account),
+            bob: await openid_token(b, bob.account),
+        }
+
+        async def join(peer: JsPeer, hs: Homeserver, publish: bool) -> lkclient.Client:
+            url, jwt = await sfu_get(hs.jwt_url, tokens[peer], room, peer.device_id)
+            assert url == f"ws://{hs.address}:{SFU_PORT}"
+            grant = TokenAuthority().verify(jwt)
+            assert (grant.identity, grant.can_publish) == (peer.identity, publish)
+            client = await lkclient.connect(url, peer.identity, "", keys={}, jwt=jwt)
+            clients.append(client)
+            return client
+
+        # Publishing, each on its own homeserver's SFU.
+        for peer, hs, freq in ((alice, a, 440), (bob, b, 660)):
+            client = await join(peer, hs, publish=True)
+            client.set_key(peer.identity, *await own_key(peer, room))
+            tone = lkclient.Tone(freq)
+            tones.append(tone)
+            await tone.publish(client)
+
+        # Subscribing to the other's SFU, with a token from that SFU's JWT service.
+        for peer, hs, other, freq in ((alice, b, bob, 660), (bob, a, alice, 440)):
+            client = await join(peer, hs, publish=False)
+            client.set_key(other.identity, *await key_of(peer, room, other))
+            track = await client.track(other.identity, rtc.TrackKind.KIND_AUDIO, TIMEOUT)
+            probe = lkclient.AudioProbe(track)
+            probes.append(probe)
+            heard = await probe.tone(near=freq, timeout=TIMEOUT)
+            assert abs(heard.freq - freq) < lkclient.TONE_TOLERANCE
+
+        # On each SFU: its own member publishing, the remote one subscribed and not publishing.
+        for sfu, local, remote in ((sfu_a, alice, bob), (sfu_b, bob, alice)):
+            [publisher] = sfu.participants(local.identity)
+            [subscriber] = sfu.participants(remote.identity)
+            assert publisher.can_publish and publisher.published
+            assert not subscriber.can_publish and not subscriber.published
+    finally:
+        for probe in probes:
+            await probe.close()
+        for tone in tones:
+            await tone.stop()
+        for client in clients:
+            await client.close()
+        await bob.stop()
+        await alice.stop()
