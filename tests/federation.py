@@ -164,6 +164,12 @@ def federation_config(
         # BlocklistingAgentWrapper of MatrixFederationHttpClient gets no allow list).
         "ip_range_blacklist": block_all_but([address, *[p.split(":")[0] for p in peers]]),
         "ip_range_whitelist": [address, *[p.split(":")[0] for p in peers]],
+        # A request that fails while the other Synapse is busy (a loaded 2-core machine) would
+        # otherwise stop federation with it for 10 minutes.
+        "federation": {
+            "destination_min_retry_interval": "1s",
+            "destination_max_retry_interval": "5s",
+        },
         "matrix_rtc": {
             "transports": [
                 {"type": "livekit", "livekit_service_url": f"http://{address}:{SFU_PORT}"}

@@ -282,12 +282,24 @@ async def serve(
     homeserver: str | None,
     api_key: str = DEFAULT_API_KEY,
     api_secret: str = DEFAULT_API_SECRET,
+    server_name: str | None = None,
+    full_access_homeservers: Sequence[str] | None = None,
+    federation_ca: str | None = None,
+    auto_create: bool = True,
 ) -> None:
     """Run a DevSfu until SIGINT or SIGTERM; then clients are told the server shuts down."""
     # aiortc and aioice log every packet at DEBUG, which costs more CPU than forwarding.
     for name in ("aiortc", "aioice"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    sfu = DevSfu(api_key=api_key, api_secret=api_secret, homeserver=homeserver)
+    sfu = DevSfu(
+        api_key=api_key,
+        api_secret=api_secret,
+        homeserver=homeserver,
+        server_name=server_name,
+        full_access_homeservers=full_access_homeservers,
+        federation_ca=federation_ca,
+        auto_create=auto_create,
+    )
     await sfu.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
