@@ -32,7 +32,7 @@ import pytest
 
 from bot.devsfu.server import DevSfu
 from tests.synapse import Account, Synapse
-from tests.testca import TestCa
+from tests.testca import TestCa, write_signing_key
 
 FEDERATION_PORT = 8448
 SFU_PORT = 7880
@@ -207,6 +207,7 @@ def two_homeservers(
         synapse = Synapse(tmp_path_factory.mktemp(f"synapse-{'ab'[i]}"))
         peers = [n for n in names if n != names[i]]
         synapse.extra_config = federation_config(synapse, address, names[i], peers, federation_ca)
+        write_signing_key(synapse.dir / "signing.key")
         servers.append(Homeserver(synapse, address, names[i], federation_ca))
     started = time.monotonic()
     # Both at once: each start is mostly a Python process importing Synapse.

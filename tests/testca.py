@@ -1,19 +1,22 @@
 """A certificate authority made at run time, for the federation tests' TLS: a CA certificate
 and server certificates for IP addresses (IP SANs; Matrix server names here are IP literals).
+Also Synapse signing keys, which saves each Synapse a ``--generate-keys`` run (seconds).
 
 Keys are P-256 (fast to make) and live in the test's temporary directory only.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=2)
@@ -37,6 +40,17 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
             serialization.NoEncryption(),
         )
     )
+    path.chmod(0o600)
+
+
+def write_signing_key(path: Path) -> None:
+    """A Synapse signing key file, as signedjson writes one: "ed25519 <version> <seed>" with
+    the 32-byte Ed25519 seed in unpadded base64."""
+    seed = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    version = "a_" + secrets.token_hex(2)
+    path.write_text(f"ed25519 {version} {base64.b64encode(seed).decode().rstrip('=')}\n")
     path.chmod(0o600)
 
 

@@ -139,12 +139,13 @@ class Synapse:
             extra = self.dir / "extra.yaml"
             extra.write_text(json.dumps(self.extra_config))  # JSON is YAML
             configs += ["-c", str(extra)]
-        subprocess.run(
-            [str(py), "-m", "synapse.app.homeserver", *configs, "--generate-keys"],
-            check=True,
-            capture_output=True,
-            cwd=self.dir,
-        )
+        if not (self.dir / "signing.key").exists():  # a restart, or a caller made one
+            subprocess.run(
+                [str(py), "-m", "synapse.app.homeserver", *configs, "--generate-keys"],
+                check=True,
+                capture_output=True,
+                cwd=self.dir,
+            )
         out = open(self.dir / "stdout.log", "wb")  # closed when the process ends
         self.proc = subprocess.Popen(
             [str(py), "-m", "synapse.app.homeserver", *configs],
