@@ -4,9 +4,9 @@ inside the test network namespace (scripts/netns-run.sh).
 Homeserver A is ``10.213.0.1:8448`` and B is ``10.213.0.2:8448``: IP literals with a port,
 which the spec's server name resolution connects to directly (no .well-known, no SRV).
 Federation is HTTPS with certificates of a CA made at run time (IP SANs); each Synapse trusts
-only that CA, lets only the other's name through ``federation_domain_whitelist`` and allows
-only the two veth addresses past its private-address block list. The client API stays on
-plain HTTP at 127.0.0.1 (``Homeserver.url``), as for the single-homeserver tests.
+only that CA, lets only the other's name through ``federation_domain_whitelist`` and blocks
+every outgoing address but the two homeservers'. The client API stays on plain HTTP at
+127.0.0.1 (``Homeserver.url``), as for the single-homeserver tests.
 
 Each Synapse's ``/rtc/transports`` advertises its own JWT service, ``http://<address>:7880``;
 the ``two_sfus`` fixture starts a :class:`DevSfu` there for each homeserver, checking its own

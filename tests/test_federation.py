@@ -16,6 +16,7 @@ from livekit import rtc
 
 from bot.devsfu import DevSfu
 from bot.devsfu.auth import TokenAuthority
+from bot.matrix.rest import TRANSPORTS_PATH
 from bot.rtc.identity import hashed_identity, livekit_room_alias
 from tests import lkclient
 from tests.federation import SFU_PORT, Homeserver, openid_token, sfu_get
@@ -175,6 +176,23 @@ async def test_each_jwt_service_gives_remote_users_subscribe_only_tokens(
         assert local.can_publish and local.can_subscribe and local.can_update_metadata
         # The own user's request created the room; now the remote user may join it.
         assert await signal_status(own_sfu, TokenAuthority().mint(remote.identity, alias)) == 101
+
+
+async def test_each_homeserver_advertises_its_own_jwt_service(two_homeservers: Pair) -> None:
+    for hs in two_homeservers:
+        account = hs.register("transports")
+        login = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": account.localpart},
+            "password": account.password,
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{hs.url}/_matrix/client/v3/login", json=login) as resp:
+                session = await resp.json()
+            headers = {"Authorization": f"Bearer {session['access_token']}"}
+            async with http.get(f"{hs.url}{TRANSPORTS_PATH}", headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["rtc_transports"] == [hs.transport]
 
 
 async def test_a_forged_remote_openid_token_is_refused(
