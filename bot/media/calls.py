@@ -141,6 +141,8 @@ class CallMediaManager:
                 f"  media: lost the SFU connection; {media.reconnect_failures} reconnection "
                 "attempts failed so far, retrying"
             )
+        if media is not None:
+            lines.extend(media.sfu_lines())
         if media is not None and media.unresolved:
             lines.append(
                 f"  {media.unresolved} LiveKit participant(s) without a call membership: "
@@ -228,7 +230,15 @@ class CallMediaManager:
             room = self.matrix.nio.rooms.get(session.room_id)
             return room.user_name(user_id) if room is not None else None
 
-        media = CallMedia(session, router, access, notify, display_name=display_name)
+        media = CallMedia(
+            session,
+            router,
+            access,
+            notify,
+            display_name=display_name,
+            remote_access=lambda use: session.remote_sfu_access(use.transport, use.server_name),
+            describe_error=_describe_error,
+        )
 
         def make_context() -> Call:
             folder = self.call_folder(session.room_id) if self.call_folder is not None else None

@@ -225,10 +225,7 @@ class MatrixRTCSession:
         member_id = await self._manager.prepare()
         await self._check_power_level()
         preferred = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
-        # The call's focus is a member's choice: used only if the outbound policy allows it.
-        transport = await choose_transport(
-            self.client, self.cfg, (preferred, self.active_transport()), self.room_id
-        )
+        transport = await self._publish_transport(preferred)
         self.sfu = await sfu_access(
             self.client, self.cfg, transport, self.room_id, member_id=member_id
         )
@@ -240,6 +237,37 @@ class MatrixRTCSession:
             self._spawn(self._send_notification(event_id))
         self._spawn(self._distribute_keys())
         return self.sfu
+
+    async def _publish_transport(self, preferred: dict[str, Any] | None) -> dict[str, Any]:
+        """Where the bot publishes: as Element Call 0.26 (multi-SFU only), on its own
+        homeserver's transport; the call's focus only where it has none (or mints its own
+        tokens, so connects to its own SFU whatever it advertises). The call's focus is a
+        member's choice: used only if the outbound policy allows it."""
+        call = self.active_transport()
+        if self.cfg.mints_tokens:
+            return await choose_transport(self.client, self.cfg, (preferred, call), self.room_id)
+        try:
+            return await choose_transport(self.client, self.cfg, (preferred,), self.room_id)
+        except RtcError:
+            if call is None:
+                raise
+            log.warning("I have no transport of my own: publishing on the call's", extra=self._ctx)
+            return await choose_transport(self.client, self.cfg, (call,), self.room_id)
+
+    async def remote_sfu_access(self, transport: dict[str, Any], server_name: str) -> SfuAccess:
+        """A token for an SFU that members of ``server_name`` publish on (multi-SFU: the bot
+        subscribes there; that SFU's service decides what the token allows)."""
+        if not self.is_joined:
+            raise RtcError("I am not in this call.")
+        member_id = self._manager.member_id if self._manager.sticky else None
+        return await sfu_access(
+            self.client,
+            self.cfg,
+            transport,
+            self.room_id,
+            member_id=member_id,
+            member_server=server_name,
+        )
 
     async def refresh_sfu_access(self) -> SfuAccess:
         """A new LiveKit token for the SFU we joined on (the old one may have expired)."""
