@@ -20,8 +20,9 @@ failures, disabled for the call; it never ends the call.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -247,7 +248,15 @@ class CallContext(Protocol):
 
     async def publish_video(self, name: str, width: int, height: int) -> VideoOut: ...
 
-    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on one of this plugin's own worker threads (never the event loop);
+        a function run there must not touch the plugin's loop-side state."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        """A background task of this plugin's: cancelled after ``on_call_end`` at the
+        latest, its exception logged."""
+        ...
 
 
 class Plugin:
