@@ -145,11 +145,15 @@ class ParticipantEvent:
 @dataclass(frozen=True)
 class ConnectionChange:
     """The call's media connection (the SFU) was lost, or is back: between the two, frames
-    are missing, not silent. ``reason``: a few words for logs and files."""
+    are missing, not silent. ``reason``: a few words for logs and files. ``sfu``: None for
+    the bot's own SFU (everyone's media), else the host of another SFU of a federated call,
+    and ``participants`` those who publish there (only their media is missing)."""
 
     connected: bool
     timestamp: float
     reason: str = ""
+    sfu: str | None = None
+    participants: tuple[Participant, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import numpy as np
 from livekit import rtc
@@ -124,6 +125,8 @@ class CallMedia:
         self._streams: dict[tuple[str, str, str], list[asyncio.Task[None]]] = {}
         #: LiveKit identity -> the connections they are in (one JOINED/LEFT across SFUs)
         self._present: dict[str, set[str]] = {}
+        #: other SFUs whose connection dropped and is not back yet
+        self._lost: set[str] = set()
         #: per LiveKit identity: when they were last loud (None: not speaking)
         self._speaking: dict[str, float] = {}
         self._outputs: list[AudioOutput | VideoOutput] = []
@@ -164,6 +167,28 @@ class CallMedia:
 
     def _remote_connected(self, key: str, room: rtc.Room) -> None:
         self._subscribe_existing(key, room)
+        sfu = self.sfus.sfus.get(key)
+        if sfu is not None and key in self._lost:
+            self._lost.discard(key)
+            self.router.push_event(ConnectionChange(True, self.now(), "reconnected", sfu.use.host))
+
+    def _remote_lost(self, key: str, reason: object) -> None:
+        """Another SFU of the call dropped for good: the media of those who publish there is
+        missing until it is back (plugins are told whose)."""
+        sfu = self.sfus.sfus.get(key)
+        if sfu is None or sfu.closing or self._stopping:
+            return
+        self._lost.add(key)
+        who = tuple(
+            p
+            for m in sfu.use.members
+            if (p := self.participant(m.rtc_backend_identity)) is not None
+        )
+        self.router.push_event(
+            ConnectionChange(False, self.now(), f"lost: {reason}", sfu.use.host, who)
+        )
+        self._spawn_task(self._stop_streams(key))
+        self.sfus.dropped(key)
 
     def sfu_lines(self) -> list[str]:
         """The other SFUs of the call and who publishes on each (for !status)."""
@@ -207,7 +232,7 @@ class CallMedia:
         if key == OWN:
             room.on("disconnected", self._on_disconnected)
         else:
-            room.on("disconnected", lambda reason: self.sfus.dropped(key))
+            room.on("disconnected", functools.partial(self._remote_lost, key))
         room.on("track_published", self._on_track_published)
         room.on("track_subscribed", functools.partial(self._on_track_subscribed, key))
         room.on("track_unsubscribed", functools.partial(self._on_track_unsubscribed, key))
@@ -377,9 +402,11 @@ class CallMedia:
         self._spawn_notice(text)
 
     def _spawn_notice(self, text: str) -> None:
-        if self._notify is None:
-            return
-        task = asyncio.create_task(self._post_notice(text))
+        if self._notify is not None:
+            self._spawn_task(self._post_notice(text))
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._notice_tasks.add(task)
         task.add_done_callback(self._notice_tasks.discard)
 
