@@ -84,12 +84,18 @@ class JsPeer:
     """One matrix-js-sdk client (fresh device, in-memory Rust crypto) in a Node process."""
 
     def __init__(
-        self, homeserver: str, account: Account, workdir: Path, trust: Trust = DEFAULT_TRUST
+        self,
+        homeserver: str,
+        account: Account,
+        workdir: Path,
+        trust: Trust = DEFAULT_TRUST,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.homeserver = homeserver
         self.account = account
         self.workdir = workdir
         self.trust: Trust = trust
+        self.env = env or {}  # more for the child, e.g. JSPEER_EXTENSION
         self.events: list[dict[str, Any]] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -149,6 +155,7 @@ class JsPeer:
             "PASSWORD": self.account.password,
             "DEVICE_NAME": os.environ.get("JSPEER_DEVICE_NAME", "jspeer"),
             "JSPEER_TRUST": self.trust,
+            **self.env,
         }
         return {"env": env, "stderr": open(self.stderr_path, "wb")}
 
