@@ -26,7 +26,7 @@ import json
 import os
 import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,17 @@ RECORD_PEER_CONNECTIONS = """
 """
 
 
+# Element Call's audio processing off (its developer settings: src/settings/settings.ts), so
+# the microphone sends the test's WAV as it is: with it on, Chromium's noise suppression fades
+# a steady tone out within seconds and gates the quiet parts of speech (measured on the sender's
+# track: the words of a sample arrive with silence between their voiced parts).
+ELEMENT_CALL_SETTINGS = {
+    "noise-suppression": False,
+    "echo-cancellation": False,
+    "auto-gain-control": False,
+}
+
+
 def chromium_flags(microphone: Path) -> tuple[str, ...]:
     """A fake camera and a microphone that plays ``microphone`` (a WAV), no permission
     prompts, and a window size for the screenshots."""
@@ -86,20 +97,16 @@ class Heard:
         return self.rms > 0.02 and abs(self.freq - freq) < tolerance
 
 
-@dataclass
-class WidgetParams:
-    """Element Call's URL parameters beyond the widget's own (src/UrlParams.ts)."""
-
-    values: dict[str, str] = field(
-        default_factory=lambda: {
-            "perParticipantE2EE": "true",
-            "skipLobby": "true",
-            "intent": "start_call_voice",
-            "header": "none",
-            "lang": "en",
-            "theme": "dark",
-        }
-    )
+# Element Call's URL parameters beyond the widget's own (its src/UrlParams.ts), as Element Web
+# sets them for a call that starts without a lobby; "start_call_voice" keeps the camera off.
+WIDGET_PARAMS = {
+    "perParticipantE2EE": "true",
+    "skipLobby": "true",
+    "intent": "start_call_voice",
+    "header": "none",
+    "lang": "en",
+    "theme": "dark",
+}
 
 
 class ElementCallPage:
@@ -197,7 +204,8 @@ class ElementCallPage:
             "baseUrl": self.backend.homeserver,
             "widgetId": WIDGET_ID,
             "transports": transports,
-            "widgetParams": WidgetParams().values,
+            "widgetParams": WIDGET_PARAMS,
+            "settings": ELEMENT_CALL_SETTINGS,
         }
         url = self.server.url + "#" + urllib.parse.quote(json.dumps(config))
         await self.cdp.send("Page.navigate", {"url": url}, session=self.session)
@@ -214,6 +222,14 @@ class ElementCallPage:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def logged(self, text: str) -> bool:
+        """Whether the page (Element Call included) logged a line holding ``text``."""
+        self._log.flush()
+        try:
+            return text in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
 
     async def evaluate(self, expression: str, timeout: float = CALL_TIMEOUT) -> Any:
         result = await self.cdp.send(

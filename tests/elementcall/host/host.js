@@ -6,7 +6,7 @@
 // receives comes back through window.host.push and is fed to the widget.
 //
 // Configuration: the page's location.hash, a JSON object {roomId, userId, deviceId, baseUrl,
-// widgetId, transports, widgetParams} (tests/elementcall.py writes it).
+// widgetId, transports, widgetParams, settings} (tests/elementcall.py writes it).
 
 const { ClientWidgetApi, Widget, WidgetDriver, OpenIDRequestState } = window.mxwidgets;
 const config = JSON.parse(decodeURIComponent(location.hash.slice(1)));
@@ -176,6 +176,11 @@ function widgetUrl() {
     return new URL(`/element-call/index.html#?${params}`, location.href).href;
 }
 
+// Element Call's own settings (its localStorage, which this same-origin host shares).
+for (const [key, value] of Object.entries(config.settings)) {
+    localStorage.setItem(`matrix-setting-${key}`, JSON.stringify(value));
+}
+
 const iframe = document.createElement("iframe");
 // As Element Web's AppTile allows its widgets; Element Call needs the microphone and autoplay.
 iframe.allow = "microphone; camera; display-capture; autoplay; clipboard-write;";
@@ -301,6 +306,18 @@ window.host = {
     async hear() {
         if (audio.state !== "running") await audio.resume();
         return remoteAudioTracks().map((t) => ({ track: t.id, ...listen(analyser(t)) }));
+    },
+    async outbound() {
+        const pcs = frameWindow().__callbotPcs ?? [];
+        const out = [];
+        for (const pc of pcs) {
+            const stats = await pc.getStats();
+            stats.forEach((s) => {
+                if (s.type === "media-source" && s.kind === "audio") out.push({ level: s.audioLevel, energy: s.totalAudioEnergy });
+                if (s.type === "outbound-rtp" && s.kind === "audio") out.push({ sent: s.packetsSent });
+            });
+        }
+        return out;
     },
     // Inbound audio RTP of the widget's connections (WebRTC getStats).
     async inboundAudio() {
