@@ -48,7 +48,7 @@ BINDING = "callbotBackend"
 WIDGET_ID = "callbot-test-element-call"
 
 # Every frame's RTCPeerConnections, recorded as they are made (before any page script runs),
-# so the host can read what Element Call's page decodes (host.js hear / inboundAudio).
+# so the host can read what Element Call's page decodes (host.js hear).
 RECORD_PEER_CONNECTIONS = """
 (() => {
   const Base = window.RTCPeerConnection;
@@ -97,8 +97,8 @@ class Heard:
         return self.rms > 0.02 and abs(self.freq - freq) < tolerance
 
 
-# Element Call's URL parameters beyond the widget's own (its src/UrlParams.ts), as Element Web
-# sets them for a call that starts without a lobby; "start_call_voice" keeps the camera off.
+# Element Call's URL parameters beyond the widget's own (its src/UrlParams.ts): per-participant
+# keys and no lobby, as Element Web embeds it; "start_call_voice" starts with the camera off.
 WIDGET_PARAMS = {
     "perParticipantE2EE": "true",
     "skipLobby": "true",
@@ -261,9 +261,6 @@ class ElementCallPage:
             for h in found
         ]
 
-    async def inbound_audio(self) -> list[dict[str, Any]]:
-        return await self.evaluate("window.host.inboundAudio()")
-
     async def screenshot(self, path: Path) -> Path:
         shot = await self.cdp.send(
             "Page.captureScreenshot", {"format": "png"}, session=self.session
@@ -284,7 +281,6 @@ def headless() -> bool:
 
 @contextlib.asynccontextmanager
 async def element_call(
-    synapse: Synapse,
     workdir: Path,
     alice: JsPeer,
     room_id: str,

@@ -144,7 +144,7 @@ async def ec_scene(synapse: Synapse, sfu: DevSfu, tmp_path: Path) -> AsyncIterat
         bot.media.add_plugin(lambda: listener)
         room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
         await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
-        async with element_call(synapse, tmp_path / "ec", alice, room, transports, mic) as page:
+        async with element_call(tmp_path / "ec", alice, room, transports, mic) as page:
             session = bot.rtc.get_room_session(room)
             try:
                 await wait_until(lambda: session.memberships, TIMEOUT, "Element Call's member")

@@ -307,36 +307,4 @@ window.host = {
         if (audio.state !== "running") await audio.resume();
         return remoteAudioTracks().map((t) => ({ track: t.id, ...listen(analyser(t)) }));
     },
-    async outbound() {
-        const pcs = frameWindow().__callbotPcs ?? [];
-        const out = [];
-        for (const pc of pcs) {
-            const stats = await pc.getStats();
-            stats.forEach((s) => {
-                if (s.type === "media-source" && s.kind === "audio") out.push({ level: s.audioLevel, energy: s.totalAudioEnergy });
-                if (s.type === "outbound-rtp" && s.kind === "audio") out.push({ sent: s.packetsSent });
-            });
-        }
-        return out;
-    },
-    // Inbound audio RTP of the widget's connections (WebRTC getStats).
-    async inboundAudio() {
-        const pcs = frameWindow().__callbotPcs ?? [];
-        const out = [];
-        for (const pc of pcs) {
-            const stats = await pc.getStats();
-            stats.forEach((s) => {
-                if (s.type === "inbound-rtp" && s.kind === "audio") {
-                    out.push({
-                        packets: s.packetsReceived,
-                        level: s.audioLevel ?? 0,
-                        energy: s.totalAudioEnergy ?? 0,
-                        samples: s.totalSamplesReceived ?? 0,
-                        concealed: s.concealedSamples ?? 0,
-                    });
-                }
-            });
-        }
-        return out;
-    },
 };
