@@ -7,11 +7,11 @@
 // back as {failure: {message, matrix_api_error}}, which the page turns into the widget API error
 // Element Web's driver would give (processError: MatrixError.asWidgetApiErrorData()).
 // widget_watch starts the events the host feeds to the widget: {event: "widget", kind, raw,
-// encrypted} with kind "event" (a live timeline event, decrypted), "state" (a state change) or
+// encrypted} with kind "event" (an event from sync, decrypted), "state" (a state change) or
 // "to_device" (a to-device message, Olm-decrypted when `encrypted`).
 
 export default function extend({ client, sdk, emit, getRoom }) {
-    const { ClientEvent, EventTimeline, EventType, MatrixError, RoomEvent, RoomStateEvent } = sdk;
+    const { ClientEvent, EventTimeline, EventType, MatrixError, MatrixEventEvent, RoomStateEvent } = sdk;
 
     function effective(ev) {
         return ev.getEffectiveEvent();
@@ -22,21 +22,30 @@ export default function extend({ client, sdk, emit, getRoom }) {
     }
 
     const watched = new Set();
+    const fed = new Set(); // event ids fed to the widget already
+
+    // As Element Web's StopGapWidget: every event from sync (never a local echo), once it is
+    // decrypted; an encrypted one waits for its Decrypted, one that fails is not fed.
+    function feedEvent(ev) {
+        if (!watched.has(ev.getRoomId()) || fed.has(ev.getId())) return;
+        if (ev.shouldAttemptDecryption() || ev.isBeingDecrypted() || ev.isDecryptionFailure()) return;
+        fed.add(ev.getId());
+        emit({ event: "widget", kind: "event", raw: effective(ev) });
+    }
 
     function watch(roomId) {
         if (watched.size === 0) {
-            // Element Web's StopGapWidget feeds the decrypted event once decryption settles.
-            client.on(RoomEvent.Timeline, async (ev, room, toStartOfTimeline) => {
-                if (toStartOfTimeline || !room || !watched.has(room.roomId)) return;
-                await client.decryptEventIfNeeded(ev);
-                if (ev.isDecryptionFailure()) return;
-                emit({ event: "widget", kind: "event", raw: effective(ev) });
+            client.on(ClientEvent.Event, (ev) => {
+                void client.decryptEventIfNeeded(ev);
+                feedEvent(ev);
             });
+            client.on(MatrixEventEvent.Decrypted, feedEvent);
             client.on(RoomStateEvent.Events, (ev) => {
                 if (!watched.has(ev.getRoomId())) return;
                 emit({ event: "widget", kind: "state", raw: effective(ev) });
             });
-            // Element Web: feedToDevice(message, encryptionInfo !== null), the message as sent in clear
+            // Element Web: feedToDevice(message, encryptionInfo !== null), the message as sent
+            // in clear; the widget's capabilities decide what reaches it.
             client.on(ClientEvent.ReceivedToDeviceMessage, ({ message, encryptionInfo }) => {
                 emit({ event: "widget", kind: "to_device", raw: message, encrypted: encryptionInfo !== null });
             });
