@@ -152,15 +152,20 @@ async def _first_look(policy: OutboundPolicy, checked: CheckedUrl) -> bool:
     return True
 
 
-async def _trusted_service(client: nio.AsyncClient, service: str, policy: OutboundPolicy) -> None:
-    if policy.trusts_openid(service):
+async def _trusted_service(
+    client: nio.AsyncClient,
+    service: str,
+    policy: OutboundPolicy,
+    member_server: str | None = None,
+) -> None:
+    if policy.trusts_openid(service, member_server=member_server):
         return
     advertised = [str(t["livekit_service_url"]) for t in await own_transports(client)]
     if not policy.trusts_openid(service, advertised):
         raise OutboundError(
             f"{display_host(service)} is not a MatrixRTC authorization service I send my "
-            "OpenID token to (rtc.livekit_service_url, outbound.openid_services, or one my "
-            "homeserver advertises)",
+            "OpenID token to (rtc.livekit_service_url, outbound.openid_services, one my "
+            "homeserver advertises, or one on the homeserver of a member who publishes there)",
             display_host(service),
         )
 
@@ -186,9 +191,12 @@ async def sfu_access(
     *,
     member_id: str | None = None,
     slot_id: str = DEFAULT_SLOT_ID,
+    member_server: str | None = None,
 ) -> SfuAccess:
-    """A LiveKit URL and token for ``transport``; sticky memberships pass their member_id."""
-    if cfg.mints_tokens:
+    """A LiveKit URL and token for ``transport``; sticky memberships pass their member_id.
+    ``member_server``: the homeserver of a member who publishes on ``transport`` (a remote
+    SFU that the bot only subscribes to; its token is minted by that SFU's service)."""
+    if cfg.mints_tokens and member_server is None:
         return mint_access(
             cfg,
             client.user_id,
@@ -203,7 +211,7 @@ async def sfu_access(
     policy = outbound.current()
     try:
         policy.check_url(service)
-        await _trusted_service(client, service, policy)
+        await _trusted_service(client, service, policy, member_server)
     except OutboundError as e:
         raise RtcError(f"I cannot use the call's authorization service: {e}.") from None
     token = await openid_token(client)

@@ -302,6 +302,12 @@ class MembershipManager:
             log.warning("leaving the call did not complete: %s", e, extra=self._ctx)
             return False
 
+    async def abandon(self, timeout_s: float = 1.0) -> bool:
+        """A join cut short (a leave came while it was under way): take back whatever of it
+        may have reached the homeserver. A leave is harmless if the join never arrived."""
+        self.joined = True
+        return await self.leave(timeout_s)
+
     async def _send_leave(self) -> None:
         if self._delay_id is not None and await self._delayed_action("send"):
             return
