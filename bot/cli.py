@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="see it work: a throwaway Synapse, the dev SFU, the bot recording and transcribing "
-        "a simulated participant (needs the [demo] extra)",
+        "a simulated participant (needs the [all] extra, and Synapse in .venv-synapse)",
     )
     demo.add_argument(
         "--data-dir", type=Path, help="where to keep everything (default: a new temporary folder)"

@@ -1,8 +1,8 @@
 """The MatrixRTC authorization service (lk-jwt-service): ``POST /sfu/get`` and ``/get_token``.
 
-A client proves who it is with an OpenID token from its homeserver and gets a LiveKit token
-for the identity and room that every other MatrixRTC client will expect
-(shared/docs/matrixrtc-protocol.md §4.5, §5):
+A client proves who it is with an OpenID token from its homeserver and gets a LiveKit token for
+the identity and room that every other MatrixRTC client will expect (element-hq/lk-jwt-service
+``handler.go``, ``helper.go``):
 
 - ``/sfu/get`` (legacy memberships): identity ``{user_id}:{device_id}``, room = alias of
   ``[room, "m.call#ROOM"]``.

@@ -41,6 +41,7 @@ from plugins.transcriber.engine import (
     SpeechEngine,
     TranscriptionError,
     Word,
+    check_model,
     shared_engine,
 )
 from plugins.transcriber.transcript import FORMATS, Line, Transcript
@@ -95,6 +96,7 @@ class TranscriberConfig:
             raise ValueError(f"upload: unknown format {bad[0]!r} (use {', '.join(FORMATS)})")
         if self.caption_lines < 1:
             raise ValueError("caption_lines must be at least 1")
+        check_model(self.model)
         self.engine_settings()
         self.vad_settings()
 
