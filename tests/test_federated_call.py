@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from livekit import rtc
 
+from bot.app import CallBot
 from bot.devsfu import DevSfu
+from bot.plugin import Plugin
+from bot.rtc.session import MatrixRTCSession
 from plugins.recorder.plugin import Recorder, RecorderConfig
 from tests import lkclient
 from tests.conftest import bot_config, running_bot
@@ -67,13 +73,29 @@ async def _told(peer: JsPeer, text: str, since: int) -> str:
     return str(e["body"])
 
 
-async def test_the_bot_hears_both_homeservers_and_both_hear_it(
+@dataclass
+class Federated:
+    """The bot (on A) with its plugins, alice on A and bob on B, both in the room's call and
+    publishing ``mics`` on their own SFUs; the bot not yet joined."""
+
+    a: Homeserver
+    b: Homeserver
+    bot: CallBot
+    alice: JsPeer
+    bob: JsPeer
+    room: str
+    session: MatrixRTCSession
+    clients: list[lkclient.Client]
+
+
+@contextlib.asynccontextmanager
+async def federated(
     two_homeservers: tuple[Homeserver, Homeserver],
-    two_sfus: tuple[DevSfu, DevSfu],
     tmp_path: Path,
-) -> None:
+    plugins: tuple[Plugin, ...],
+    mics: tuple[lkclient.Tone | lkclient.Speech, lkclient.Tone | lkclient.Speech],
+) -> AsyncIterator[Federated]:
     a, b = two_homeservers
-    sfu_a, sfu_b = two_sfus
     account = a.register("bot")
     config = bot_config(
         a.synapse,
@@ -83,19 +105,12 @@ async def test_the_bot_hears_both_homeservers_and_both_hear_it(
         # private addresses, which the outbound policy refuses unless allowed.
         outbound={"allow": [a.address, b.address]},
     )
-    listener = Listener()
-    recorder = Recorder(RecorderConfig(upload_mixed=False))
     clients: list[lkclient.Client] = []
-    tones: list[lkclient.Tone] = []
-    probes: list[lkclient.AudioProbe] = []
-    restarted: DevSfu | None = None
-    stop_music = asyncio.Event()
-    music: asyncio.Task[None] | None = None
     async with running_bot(config) as bot:
         alice = await JsPeer(a.url, a.register("alice"), tmp_path / "alice").start()
         bob = await JsPeer(b.url, b.register("bob"), tmp_path / "bob").start()
         try:
-            for plugin in (listener, recorder):
+            for plugin in plugins:
                 bot.media.add_plugin(lambda plugin=plugin: plugin)
             invite = [bob.user_id, account.user_id]
             room = (await alice.call("create_room", invite=invite, encrypted=True))["room_id"]
@@ -105,21 +120,48 @@ async def test_the_bot_hears_both_homeservers_and_both_hear_it(
             await bob.call("rtc_join", room_id=room, foci=[b.transport])
             session = bot.rtc.get_room_session(room)
             await wait_until(lambda: len(session.memberships) == 2, TIMEOUT, "both members")
-
             # alice publishes on A's SFU, bob on B's, each with their own key.
-            alice_tone, bob_tone = lkclient.Tone(440), lkclient.Tone(660)
-            tones += [alice_tone, bob_tone]
-            alice_lk = await _media(alice, a, room, alice_tone)
-            bob_lk = await _media(bob, b, room, bob_tone)
-            clients += [alice_lk, bob_lk]
+            clients.append(await _media(alice, a, room, mics[0]))
+            clients.append(await _media(bob, b, room, mics[1]))
+            yield Federated(a, b, bot, alice, bob, room, session, clients)
+        finally:
+            for mic in mics:
+                await mic.stop()
+            for client in clients:
+                await client.close()
+            await bob.stop()
+            await alice.stop()
 
+
+async def test_the_bot_hears_both_homeservers_and_both_hear_it(
+    two_homeservers: tuple[Homeserver, Homeserver],
+    two_sfus: tuple[DevSfu, DevSfu],
+    tmp_path: Path,
+) -> None:
+    sfu_a, sfu_b = two_sfus
+    listener = Listener()
+    recorder = Recorder(RecorderConfig(upload_mixed=False))
+    tones: list[lkclient.Tone] = []
+    probes: list[lkclient.AudioProbe] = []
+    restarted: DevSfu | None = None
+    stop_music = asyncio.Event()
+    music: asyncio.Task[None] | None = None
+    alice_tone, bob_tone = lkclient.Tone(440), lkclient.Tone(660)
+    async with federated(
+        two_homeservers, tmp_path, (listener, recorder), (alice_tone, bob_tone)
+    ) as f:
+        a, b, bot, alice, bob, room, session = f.a, f.b, f.bot, f.alice, f.bob, f.room, f.session
+        account_user = bot.matrix.user_id
+        alice_lk, bob_lk = f.clients
+        clients = f.clients
+        try:
             mark = alice.mark()
             started = time.monotonic()
             reply = await _ask(alice, room, "!join", bot)
             assert reply.startswith(("Joined the call", "Started the call")), reply
             # The bot publishes on its own homeserver's SFU and says so in its membership.
             state = (await alice.call("state_events", room_id=room))["events"]
-            mine = next(e["content"] for e in state if e["sender"] == account.user_id)
+            mine = next(e["content"] for e in state if e["sender"] == account_user)
             assert mine["foci_preferred"][0]["livekit_service_url"] == a.jwt_url
             assert mine["focus_active"]["focus_selection"] == "multi_sfu"
             await wait_until(lambda: listener.call is not None, TIMEOUT, "the plugins' start")
@@ -151,15 +193,14 @@ async def test_the_bot_hears_both_homeservers_and_both_hear_it(
             # Recording; then B's SFU stops mid-call and comes back.
             await recorder.start()
             await asyncio.sleep(2.0)
-            await bob_tone.stop()
             await bob_lk.close()
             await sfu_b.stop()
             told = await _told(alice, "I can't hear the members on", mark)
             assert f"{b.address}:7880" in told
             restarted = await b.start_sfu()
-            bob_tone = lkclient.Tone(660)
-            tones.append(bob_tone)
-            bob_lk = await _media(bob, b, room, bob_tone)
+            bob_again = lkclient.Tone(660)
+            tones.append(bob_again)
+            bob_lk = await _media(bob, b, room, bob_again)
             clients.append(bob_lk)
             listener.frames.clear()
             await wait_until(lambda: heard(listener, bob.user_id, 660), 60, "bob again")
@@ -174,12 +215,8 @@ async def test_the_bot_hears_both_homeservers_and_both_hear_it(
                 await probe.close()
             for tone in tones:
                 await tone.stop()
-            for client in clients:
-                await client.close()
             if restarted is not None:
                 await restarted.stop()
-            await bob.stop()
-            await alice.stop()
     print(f"federated join: !join to both participants' audio heard {join_to_both:.2f} s")
     (folder,) = [p for p in (tmp_path / "data" / "calls").glob("*/*") if p.is_dir()]
     by_user = {p.name.split("_")[0]: p for p in folder.glob("*.ogg") if p.name != "mixed.ogg"}
@@ -208,3 +245,56 @@ async def _ask(peer: JsPeer, room: str, text: str, bot: Any) -> str:
         )
 
     return str((await peer.wait_event(reply, TIMEOUT))["body"])
+
+
+async def test_captions_name_the_speakers_of_both_homeservers(
+    two_homeservers: tuple[Homeserver, Homeserver],
+    two_sfus: tuple[DevSfu, DevSfu],
+    tmp_path: Path,
+) -> None:
+    """The transcriber hears alice on A's SFU and bob on B's and names each."""
+    from plugins.transcriber.plugin import Transcriber, TranscriberConfig
+    from plugins.transcriber.samples import samples, word_error_rate
+
+    transcriber = Transcriber(TranscriberConfig(upload=("txt",)))
+    alice_mic, bob_mic = lkclient.Speech(), lkclient.Speech()
+    async with federated(two_homeservers, tmp_path, (transcriber,), (alice_mic, bob_mic)) as f:
+        reply = await _ask(f.alice, f.room, "!join", f.bot)
+        assert reply.startswith(("Joined the call", "Started the call")), reply
+        uses = f.bot.media.media(f.room)
+        assert uses is not None
+        await wait_until(
+            lambda: any(s.connected for s in uses.sfus.sfus.values()), TIMEOUT, "B's SFU"
+        )
+        mark = f.alice.mark()
+        await transcriber.start()
+        notice = await f.alice.wait_event(
+            lambda e: e["event"] == "message" and "being transcribed" in (e["body"] or ""),
+            TIMEOUT,
+            since=mark,
+        )
+        await alice_mic.say(samples()["slt-2"].pcm()).wait()
+        await bob_mic.say(samples()["rms-2"].pcm()).wait()
+
+        def caption(e: dict[str, Any], seen: set[str]) -> bool:
+            rel = e.get("relates_to") or {}
+            return (
+                e["event"] == "message"
+                and rel.get("event_id") == notice["event_id"]
+                and e["event_id"] not in seen
+            )
+
+        captions: list[dict[str, Any]] = []
+        for _ in range(2):
+            seen = {c["event_id"] for c in captions}
+            captions.append(
+                await f.alice.wait_event(lambda e, s=seen: caption(e, s), TIMEOUT, since=mark)
+            )
+        room = f.bot.matrix.nio.rooms[f.room]
+        expected = [
+            (room.user_name(f.alice.user_id), samples()["slt-2"].text),
+            (room.user_name(f.bob.user_id), samples()["rms-2"].text),
+        ]
+        for c, (name, text) in zip(captions, expected, strict=True):
+            assert c["body"].startswith(f"{name}: "), c["body"]
+            assert word_error_rate(text, c["body"][len(name) + 2 :]) < 0.5, c["body"]

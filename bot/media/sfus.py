@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_REMOTE_SFUS = 8
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
+#: how long leaving an SFU waits for a connection attempt under way
+STOP_WAIT_S = 30.0
 
 
 def transport_key(transport: Any) -> str | None:
@@ -91,6 +93,9 @@ class RemoteSfu:
     last_error: str | None = None
     told: bool = False
     closing: bool = field(default=False)
+    #: a connection attempt is under way (it is let finish, then closed: a LiveKit connect
+    #: cancelled halfway leaves the SDK's room behind)
+    connecting: bool = False
 
     def line(self, names: Callable[[CallMembership], str]) -> str:
         who = ", ".join(names(m) for m in self.use.members)
@@ -180,12 +185,14 @@ class RemoteSfus:
         delay = RETRY_FIRST_S
         first = True
         while not (sfu.closing or self._stopped):
+            sfu.connecting = True
             try:
                 if first:
                     await sfu.connection.connect()
                 else:
                     await sfu.connection.reconnect()
             except Exception as e:
+                sfu.connecting = False
                 first = False
                 sfu.attempts += 1
                 sfu.last_error = self._describe(e)
@@ -205,6 +212,7 @@ class RemoteSfus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            sfu.connecting = False
             if sfu.closing or self._stopped:
                 break
             sfu.connected = True
@@ -227,10 +235,15 @@ class RemoteSfus:
         task.add_done_callback(self._closing.discard)
 
     async def _finish(self, sfu: RemoteSfu) -> None:
-        if sfu.task is not None and not sfu.task.done():
-            sfu.task.cancel()
+        task = sfu.task
+        if task is not None and not task.done():
+            if not sfu.connecting:
+                task.cancel()  # between attempts
+            done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+            if not done:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sfu.task
+                await task
         await sfu.connection.close()
 
     async def stop(self) -> None:
