@@ -19,11 +19,13 @@ starting two Synapses costs seconds) and ``two_sfus`` (per test).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -196,19 +198,21 @@ def federation_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
     return TestCa(tmp_path_factory.mktemp("test-ca"))
 
 
-@pytest.fixture(scope="session")
-def two_homeservers(
-    tmp_path_factory: pytest.TempPathFactory, netns_addrs: tuple[str, str], federation_ca: TestCa
+@contextlib.contextmanager
+def federating_homeservers(
+    directory: Path, addrs: tuple[str, str], ca: TestCa
 ) -> Iterator[tuple[Homeserver, Homeserver]]:
-    """Homeservers A (first veth address) and B (second), federating with each other."""
-    names = [f"{a}:{FEDERATION_PORT}" for a in netns_addrs]
+    """Homeservers A (first address) and B (second), federating with each other, their
+    data under ``directory`` (the fixture below; bench/federated_join.py)."""
+    names = [f"{a}:{FEDERATION_PORT}" for a in addrs]
     servers: list[Homeserver] = []
-    for i, address in enumerate(netns_addrs):
-        synapse = Synapse(tmp_path_factory.mktemp(f"synapse-{'ab'[i]}"))
+    for i, address in enumerate(addrs):
+        synapse = Synapse(directory / f"synapse-{'ab'[i]}")
         peers = [n for n in names if n != names[i]]
-        synapse.extra_config = federation_config(synapse, address, names[i], peers, federation_ca)
+        synapse.extra_config = federation_config(synapse, address, names[i], peers, ca)
+        synapse.dir.mkdir(parents=True, exist_ok=True)
         write_signing_key(synapse.dir / "signing.key")
-        servers.append(Homeserver(synapse, address, names[i], federation_ca))
+        servers.append(Homeserver(synapse, address, names[i], ca))
     started = time.monotonic()
     # Both at once: each start is mostly a Python process importing Synapse.
     with ThreadPoolExecutor(2) as pool:
@@ -224,6 +228,17 @@ def two_homeservers(
     finally:
         for s in servers:
             s.synapse.stop()
+
+
+@pytest.fixture(scope="session")
+def two_homeservers(
+    tmp_path_factory: pytest.TempPathFactory, netns_addrs: tuple[str, str], federation_ca: TestCa
+) -> Iterator[tuple[Homeserver, Homeserver]]:
+    """Homeservers A (first veth address) and B (second), federating with each other."""
+    with federating_homeservers(
+        tmp_path_factory.mktemp("synapses"), netns_addrs, federation_ca
+    ) as pair:
+        yield pair
 
 
 @pytest.fixture
