@@ -238,7 +238,9 @@ def parse_answer(body: bytes, seconds: float) -> list[Recognized]:
         text = clean_text(data["text"])
         result = [Recognized(text, 0.0, seconds)] if text else []
     else:
-        if not isinstance(segments, list) or len(segments) > 16 + 2 * seconds:
+        if not isinstance(segments, list):
+            raise ServiceFailed("the speech service's answer has malformed segments")
+        if len(segments) > 16 + 2 * seconds:
             raise ServiceFailed("the speech service's answer has too many segments")
         result = [r for seg in segments if (r := _segment(seg, seconds)) is not None]
     # About 15 characters a second is fast speech; four times that is not speech.
