@@ -175,6 +175,7 @@ async def test_the_plugin_with_engine_openai_captions_each_speaker(stt: SttServe
         await h.feed_pcm(who, np.zeros(RATE, np.int16))
     await wait_until(lambda: len(plugin.latencies) == 2, 60, "both captions")
     await h.end()
+    await plugin.engine.aclose()
     captions = [p for p, t in zip(h.call.posts, h.call.threads, strict=True) if t]
     (alice_line,) = [p for p in captions if p.startswith("Alice: ")]
     (bob_line,) = [p for p in captions if p.startswith("Bob: ")]
@@ -420,6 +421,7 @@ async def test_the_plugin_counts_a_failing_service_as_missed_and_goes_on(hostile
     assert plugin.transcript is not None and plugin.transcript.missed == {"@alice:x": 1}
     assert "1 missed in this call" in (plugin.status() or "")
     await h.end()
+    await plugin.engine.aclose()
     assert server.hits == 3
     assert "Alice: <b>back</b> again" in h.call.posts  # the caption's text, as the service said
     assert "1 utterances missed" in h.call.posts[-1]
