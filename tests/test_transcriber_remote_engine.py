@@ -382,6 +382,7 @@ def test_answers_are_cleaned_clamped_and_noise_dropped() -> None:
             {"text": " hello\u202e\x00 there\n", "start": -4, "end": 1.5},
             {"text": "thanks for watching", "no_speech_prob": 0.9, "avg_logprob": -1.5},
             {"text": "  ", "start": 1, "end": 2},
+            {"text": "long", "start": 1.6, "end": 9.0},
             {"text": "late", "start": 2.5, "end": float("inf")},
             {"text": "odd", "start": "x", "end": True},
         ],
@@ -389,6 +390,7 @@ def test_answers_are_cleaned_clamped_and_noise_dropped() -> None:
     got = parse_answer(json.dumps(body).encode(), 3.0)
     assert [(r.text, r.start, r.end) for r in got] == [
         ("hello there", 0.0, 1.5),
+        ("long", 1.6, 3.0),
         ("late", 2.5, 3.0),
         ("odd", 0.0, 3.0),
     ]
