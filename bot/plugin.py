@@ -34,7 +34,7 @@ import numpy as np
 from bot.commands.core import format_duration
 from bot.commands.registry import Arg, CommandContext, command
 from bot.errors import CommandError, PermissionDenied, UsageError
-from bot.files import write_private, write_private_json
+from bot.files import private_dir, private_file, write_private, write_private_json
 
 __all__ = [
     "Arg",
@@ -59,6 +59,8 @@ __all__ = [
     "VideoWants",
     "command",
     "format_duration",
+    "private_dir",
+    "private_file",
     "write_private",
     "write_private_json",
 ]

@@ -457,6 +457,9 @@ def test_engine_openai_is_configured_by_url_and_model(tmp_path: Path) -> None:
     )
     assert KEY not in repr(cfg) and KEY not in repr(cfg.remote_settings())
     assert cfg.remote_settings().endpoint == "https://stt.example/v1/audio/transcriptions"
+    named = {"engine": "openai", "url": "http://stt", "model": "Systran/faster-whisper-small.en"}
+    # a service's model name, not a folder of this machine
+    assert validate_section(TranscriberConfig, named, "p.", tmp_path).model == named["model"]
     record = logging.LogRecord("x", logging.INFO, "", 0, "key is %s", (KEY,), None)
     assert KEY not in HumanFormatter().format(record)  # registered as a secret
     assert Transcriber(TranscriberConfig()).engine is shared_engine(EngineSettings())  # default

@@ -1,12 +1,14 @@
 """The bot's LiveKit connection for one call, with end-to-end encryption as Element Call has it.
 
 Keys: ``KeyProviderOptions(key_derivation_function=HKDF, key_ring_size=256,
-ratchet_window_size=10, failure_tolerance=10)`` (shared/docs/livekit-python.md §3.3; the SDK's
-default PBKDF2 does not interoperate). Each member's key is installed under its LiveKit
-identity. The keys live in one place, the call's key ring (``MatrixRTCSession``): a connection
-installs what the ring holds when it connects, and each new key as it comes.
-The SDK's sender cryptors stay at key index 0 whatever ``set_key`` says, so after every own
-key change (and after publishing a track) ours are moved to the current index.
+ratchet_window_size=10, failure_tolerance=10)`` (Element Call's
+``src/e2ee/matrixKeyProvider.ts`` and livekit client-sdk-js ``src/e2ee/utils.ts``
+``deriveKeys``; the SDK's default PBKDF2 does not interoperate). Each member's key is installed
+under its LiveKit identity. The keys live in one place, the call's key ring
+(``MatrixRTCSession``): a connection installs what the ring holds when it connects, and each
+new key as it comes. The SDK's sender cryptors stay at key index 0 whatever ``set_key`` says,
+so after every own key change (and after publishing a track) ours are moved to the current
+index.
 """
 
 from __future__ import annotations

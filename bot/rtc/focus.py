@@ -1,11 +1,12 @@
 """Finding the call's SFU and getting a LiveKit token for it.
 
-Discovery (Element Call's order, shared/docs/matrixrtc-protocol.md §4.2): the configured
-service URL, the homeserver's ``/rtc/transports`` (MSC4143), then the legacy
-``org.matrix.msc4143.rtc_foci`` in ``.well-known/matrix/client``. Access: an OpenID token
-exchanged at the MatrixRTC authorization service (``/sfu/get`` for legacy memberships,
-``/get_token`` for sticky ones), or a token minted directly with the LiveKit key and secret,
-with the identity and room name the service would have used.
+Discovery (Element Call's order, its ``src/state/CallViewModel/localMember/LocalTransport.ts``
+and ``RtcTransportAutoDiscovery.ts``): the configured service URL, the homeserver's
+``/rtc/transports`` (MSC4143), then the legacy ``org.matrix.msc4143.rtc_foci`` in
+``.well-known/matrix/client``. Access: an OpenID token exchanged at the MatrixRTC authorization
+service (``/sfu/get`` for legacy memberships, ``/get_token`` for sticky ones), or a token
+minted directly with the LiveKit key and secret, with the identity and room name the service
+would have used.
 
 The focus of a call is chosen by whoever posted the oldest membership, so it is fetched only
 under the outbound policy (``bot.outbound``): a focus whose address is refused is skipped

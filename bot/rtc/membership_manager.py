@@ -1,6 +1,6 @@
 """Our own membership of a call: join, stay (delayed leave, expiry refresh, watchdog), leave.
 
-The sequence is matrix-js-sdk's ``MembershipManager`` (shared/docs/matrixrtc-protocol.md §3):
+The sequence is matrix-js-sdk's ``MembershipManager`` (``src/matrixrtc/MembershipManager.ts``):
 schedule a delayed ``{}`` (MSC4140) before sending the join, restart it immediately (some
 homeservers cancel it when the state is overwritten) and then every few seconds, so the
 homeserver sends the leave by itself if the bot dies. Without MSC4140 the membership's

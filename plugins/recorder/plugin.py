@@ -37,6 +37,7 @@ from bot.plugin import (
     VideoWants,
     command,
     format_duration,
+    private_dir,
     write_private_json,
 )
 from plugins.recorder.mixer import MixBuffer
@@ -192,7 +193,7 @@ class Recorder(Plugin):
         folder = call.folder
         if earlier is None and (folder / "meta.json").exists():
             folder = call.files_dir / started_utc
-        await call.run_blocking(lambda: folder.mkdir(mode=0o700, parents=True, exist_ok=True))
+        await call.run_blocking(private_dir, folder)
         parts: list[dict[str, Any]] = []
         interruptions: list[dict[str, Any]] = []
         if earlier is not None:

@@ -42,6 +42,7 @@ from plugins.transcriber.engine import (
     SpeechEngine,
     TranscriptionError,
     Word,
+    check_model,
     shared_engine,
 )
 from plugins.transcriber.remote_engine import RemoteEngine, RemoteSettings, shared_remote_engine
@@ -108,8 +109,9 @@ class TranscriberConfig:
         if self.caption_lines < 1:
             raise ValueError("caption_lines must be at least 1")
         if self.engine == "openai":
-            self.remote_settings()
+            self.remote_settings()  # model: a name the service knows, not a folder
         else:
+            check_model(self.model)
             self.engine_settings()
         self.vad_settings()
 
