@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from plugins.transcriber.samples import samples
-from plugins.transcriber.vad import RATE, WINDOW, Segmenter, SpeechProbability, VadSettings
+from plugins.transcriber.vad import (
+    EDGE_LEVEL,
+    RATE,
+    WINDOW,
+    Segmenter,
+    SpeechProbability,
+    VadSettings,
+)
 
 
 def speech(*parts: str | float) -> np.ndarray:
@@ -53,6 +62,39 @@ def test_each_sentence_is_one_utterance_with_its_times() -> None:
     assert first.audio.size == pytest.approx((first.end - first.start) * RATE, abs=1)
 
 
+def test_the_same_audio_gives_the_same_utterances_whatever_its_chunks_and_grid() -> None:
+    """In a call the VAD's 32 ms grid falls wherever the person's stream began; the utterances
+    (the audio Whisper gets) must not depend on it, nor on how the audio arrives."""
+    said = speech(0.5, "slt-1", 1.0, "slt-2", 1.0, "rms-4", 1.0)
+    rng = np.random.default_rng(25)
+
+    def cut(lead: int, chunks: list[int] | int) -> list:
+        audio = np.concatenate([np.zeros(lead, np.float32), said])
+        seg, done, at = Segmenter(), [], 0
+        for n in chunks if isinstance(chunks, list) else itertools.repeat(chunks):
+            if at >= audio.size:
+                break
+            done += seg.feed(audio[at : at + n], 5.0 + at / RATE)
+            at += n
+        done += seg.flush()
+        assert len(done) == 3
+        return [(round(u.start - lead / RATE, 6), u.audio) for u in done]
+
+    reference = cut(0, 320)
+    for lead, chunks in [
+        (0, 2560),
+        (0, list(rng.integers(1, 4000, size=2000))),
+        (3 * 64, 320),  # the grid falls 12 ms later in the speech
+        (5 * 64 + 7, 960),
+        (WINDOW - 1, list(rng.integers(1, 700, size=5000))),
+    ]:
+        got = cut(lead, chunks)
+        # the same start, to well within a sample (62.5 us)
+        assert [start for start, _ in got] == pytest.approx([s for s, _ in reference], abs=1e-5)
+        for (_, audio), (_, ref) in zip(got, reference, strict=True):
+            assert np.array_equal(audio, ref)
+
+
 def test_silence_and_a_click_are_not_utterances() -> None:
     click = np.zeros(RATE * 2, dtype=np.float32)
     click[RATE : RATE + 160] = 0.9
@@ -90,17 +132,17 @@ def test_settings_out_of_range_are_refused(kwargs: dict) -> None:
         VadSettings(**kwargs)
 
 
-def test_an_utterance_is_dated_by_when_its_last_speech_was_received() -> None:
+def test_an_utterance_is_dated_by_when_its_last_audible_sample_was_received() -> None:
     # Frames "received" at 100 + their end in stream time; the utterance is found only
-    # after 400 ms of silence, but its clock is the frame that held the end of the speech.
-    a = samples()["slt-1"].seconds
+    # after 300 ms of silence, but its clock is the frame that held its last audible sample.
     audio = speech(0.5, "slt-1", 1.0)
+    last = int(np.flatnonzero(np.abs(audio) > EDGE_LEVEL)[-1])
+    frame_end = (last // 320 + 1) * 320  # that sample came with the frame ending here
     seg, done = Segmenter(), []
     for i in range(0, audio.size, 320):
         done += seg.feed(audio[i : i + 320], i / RATE, received=100.0 + (i + 320) / RATE)
     assert len(done) == 1
-    # the speech ends within a VAD window or two of the sample's end
-    assert done[0].spoken_end == pytest.approx(100.0 + 0.5 + a, abs=0.1)
+    assert done[0].spoken_end == pytest.approx(100.0 + frame_end / RATE)
 
 
 def test_late_frames_keep_their_own_receipt_times() -> None:

@@ -1,11 +1,11 @@
 """Media keys: the wire format, our own key's rotation rules, and the keys others send us.
 
 Follows matrix-js-sdk's ``RTCEncryptionManager`` and ``ToDeviceKeyTransport``
-(shared/docs/matrixrtc-protocol.md §6): 16-byte keys, index 0..255 wrapping, sent
-Olm-encrypted as ``io.element.call.encryption_keys``; on a leave a new key goes to everyone,
-on joins within the grace period the current key goes to the joiners only, and a new key is
-used locally only ``USE_KEY_DELAY_MS`` after it was sent. Key bytes never appear in a repr or
-a log line.
+(``src/matrixrtc/RTCEncryptionManager.ts``, ``ToDeviceKeyTransport.ts``): 16-byte keys, index
+0..255 wrapping, sent Olm-encrypted as ``io.element.call.encryption_keys``; on a leave a new
+key goes to everyone, on joins within the grace period the current key goes to the joiners
+only, and a new key is used locally only ``USE_KEY_DELAY_MS`` after it was sent. Key bytes
+never appear in a repr or a log line.
 """
 
 from __future__ import annotations
