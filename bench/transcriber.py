@@ -206,6 +206,26 @@ async def in_a_room(
         await matrix.stop()
 
 
+def detection_delay() -> None:
+    """How long after the frame holding an utterance's last audible sample arrives the VAD
+    hands the utterance over (the speech loop fed in the declared frames, no model): the
+    part of every caption's latency that the machine's load does not change."""
+    said = [s.pcm(RATE) for s in samples().values()]
+    pause = np.zeros(RATE, dtype=np.int16)
+    stream = np.concatenate([x for s in said for x in (s, pause)]).astype(np.float32) / 32768
+    segmenter = Segmenter(TranscriberConfig().vad_settings())
+    delays = []
+    for i in range(0, stream.size, FRAME):
+        received = (i + FRAME) / RATE  # a frame arrives when its last sample is there
+        for u in segmenter.feed(stream[i : i + FRAME], i / RATE, received):
+            delays.append(received - u.spoken_end)
+    print(
+        f"end of speech -> utterance handed to the engine ({FRAME * 1000 // RATE} ms frames, "
+        f"{TranscriberConfig().min_silence_ms} ms of silence): median "
+        f"{statistics.median(delays):.2f} s, max {max(delays):.2f} s (n={len(delays)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--speakers", default="1,2,4,6,8")
@@ -214,6 +234,7 @@ def main() -> None:
     parser.add_argument("--model", default=BUNDLED, help="[plugins.transcriber] model")
     parser.add_argument("--wer-only", action="store_true", help="no caption latency run")
     args = parser.parse_args()
+    detection_delay()
     wer_figures(args.model, args.threads)
     if args.wer_only:
         return
