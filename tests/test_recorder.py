@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -26,8 +27,8 @@ from plugins.recorder.timeline import TrackTimeline
 FRAME = 960
 
 
-def tone(freq: float, start: int) -> np.ndarray:
-    t = np.arange(start, start + FRAME) / RATE
+def tone(freq: float, start: int, samples: int = FRAME) -> np.ndarray:
+    t = np.arange(start, start + samples) / RATE
     return (0.25 * 32767 * np.sin(2 * math.pi * freq * t)).astype(np.int16).reshape(-1, 1)
 
 
@@ -102,6 +103,35 @@ async def test_per_participant_and_mixed_files_line_up(tmp_path: Path) -> None:
     assert "Recording stopped" in call.posts[-1]
     assert [u[0].name for u in call.uploads] == ["mixed.ogg"]
     assert all(p.stat().st_mode & 0o077 == 0 for p in [folder])
+
+
+async def test_a_call_of_four_goes_to_the_writing_thread_twice_a_second(tmp_path: Path) -> None:
+    # Each hop to the writing thread costs a thread and a loop wake-up whatever it carries:
+    # the recorder hands over 0.5 s of everyone's frames at once, not every two frames.
+    call = FakeCall(files_dir=tmp_path)
+    hops: list[str] = []
+    blocking = call.run_blocking
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        hops.append(getattr(fn, "__name__", ""))
+        return await blocking(fn, *args)
+
+    call.run_blocking = counted  # type: ignore[method-assign]
+    h = PluginHarness(Recorder(), call)
+    await h.start()
+    people = [Participant(f"@p{i}:x", f"D{i}", f"@p{i}:x:D{i}") for i in range(4)]
+    call.members += people
+    await h.plugin.start()
+    step = Recorder.audio.frame_ms / 1000
+    n = Recorder.audio.samples_per_frame
+    for k in range(round(4.0 / step)):  # 4 s of call
+        for i, who in enumerate(people):
+            pcm = tone(300 + 100 * i, k * n, n)
+            h.router.push_audio(Recorder.audio, AudioFrame(who, pcm, RATE, k * step))
+        await h.settle()
+    writes = hops.count("_write_batch")
+    await h.plugin.stop()
+    assert 6 <= writes <= 9  # about 2 a second (each 0.5 s of the call)
 
 
 async def test_refuses_to_record_without_a_notice(tmp_path: Path) -> None:
