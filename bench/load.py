@@ -1,23 +1,31 @@
 """Capacity of one bot process: N encrypted calls with M participants each, recorded (and with
 ``--transcribe`` transcribed too), everything real.
 
-    scripts/netns-run.sh .venv/bin/python -m bench.load --calls 10 [--participants 4]
-        [--seconds 30] [--transcribe --speakers 4] [--keep]
+    scripts/netns-run.sh .venv/bin/python -m bench.load --calls 1,2,4 [--participants 4]
+        [--seconds 20] [--transcribe --speakers 4] [--generator loop|sdk] [--keep]
 
 Processes: a throwaway Synapse (``bot.demo.synapse``, run from ``$CALLBOT_SYNAPSE_PYTHON`` or
 else the checkout's ``.venv-synapse``, which ``scripts/test.sh`` installs), the dev SFU
 (``callbot dev-sfu``), the bot under test (``callbot run``: recorder, and the transcriber with
-``--transcribe``), and this load generator. Its M participants (``bench.load_voice``) are the
-bot framework itself, each in all N calls: they join through MatrixRTC memberships, exchange
-media keys with the bot over Olm, and publish encrypted audio, a tone each, or speech where
-they are among the speakers. The first participant types ``!join``, ``!record start``
+``--transcribe``), and this load generator. Its M participants are each in all N calls: they
+join through MatrixRTC memberships and exchange media keys with the bot over Olm (the bot
+framework's own Matrix and MatrixRTC layers), and publish encrypted audio, a tone each, or
+speech where they are among the speakers: Opus loops encoded and encrypted once and sent over
+aiortc (``bench.load_publisher``, about 0.5% of a core per participant), or with
+``--generator sdk`` the whole bot framework encoding live through the livekit SDK
+(``bench.load_voice``, about 3%). The first participant types ``!join``, ``!record start``
 (``!transcribe start``) and at the end ``!leave`` in every room, as a user would.
 
-The bot's CPU and memory come from ``/proc/<pid>`` (its own, nobody else's); the recordings are
-checked afterwards: frames lost to a full queue (``meta.json`` "lost"), silences filled in
-while a participant was there (``silences``), and the files themselves, decoded, for quiet
-stretches in the tones. Captions are timed where a user sees them: from the moment the last
-sample of a sentence left its speaker to the caption arriving at the first participant.
+Several call counts (``--calls 1,2,4``) run one after the other, each from scratch, and end
+with the slope of every process's CPU (and of each of the bot's threads) over the number of
+participants: what one more participant costs, without the fixed costs. Every figure is CPU
+seconds per second of the run of one process, all its threads, from ``/proc/<pid>`` (nobody
+else's), printed beside the machine's load average. The recordings are checked afterwards:
+frames lost to a full queue (``meta.json`` "lost"), silences filled in while a participant
+was there (``silences``), and the files themselves, decoded, for quiet stretches in the tones.
+Captions are timed where a user sees them: from the moment the last sample of a sentence left
+its speaker to the caption arriving at the first participant; a sentence without a caption
+is missed.
 """
 
 from __future__ import annotations
