@@ -1,6 +1,6 @@
 """The load generator's synthetic participants: a plugin that speaks into the call.
 
-Each participant of ``bench.load`` is an instance of the bot framework itself (a ``CallBot``
+With ``bench.load --generator sdk`` each participant is an instance of the bot framework itself (a ``CallBot``
 with this plugin), so it joins through MatrixRTC and exchanges media keys like any Element
 Call client, and it can be in many calls at once. In every call it publishes one encrypted
 microphone track: a steady tone (a different pitch per participant, so a gap in a recording
