@@ -1,11 +1,11 @@
 """The load generator's synthetic participants: a plugin that speaks into the call.
 
 With ``bench.load --generator sdk`` each participant is an instance of the bot framework
-itself (a ``CallBot`` with this plugin), so it joins through MatrixRTC and exchanges media keys like any Element
-Call client, and it can be in many calls at once. In every call it publishes one encrypted
-microphone track: a steady tone (a different pitch per participant, so a gap in a recording
-is easy to hear and to find) or, where it is one of the speakers, the shipped speech samples
-in a loop with pauses.
+itself (a ``CallBot`` with this plugin), so it joins through MatrixRTC and exchanges media
+keys like any Element Call client, and it can be in many calls at once. In every call it
+publishes one encrypted microphone track: a steady tone (a different pitch per participant,
+so a gap in a recording is easy to hear and to find) or, where it is one of the speakers,
+the shipped speech samples in a loop with pauses.
 
 It writes 100 ms blocks into the SDK's source, whose queue holds 1 s: the audio goes out in
 real time from the first write, so sample ``k`` leaves at ``t0 + k / RATE``. When a write comes
