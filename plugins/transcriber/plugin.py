@@ -19,7 +19,6 @@ from typing import Literal
 
 import numpy as np
 
-from bot.log import register_secret
 from bot.plugin import (
     Arg,
     AudioFrame,
@@ -32,6 +31,7 @@ from bot.plugin import (
     ParticipantEvent,
     Plugin,
     command,
+    register_secret,
 )
 from plugins.transcriber.captions import Captions
 from plugins.transcriber.engine import (
