@@ -22,7 +22,7 @@ from bot.matrix import sticky, todevice
 from bot.matrix.client import MatrixClient
 from bot.matrix.sticky import StickyStore
 from bot.rtc.capacity import CallSlots
-from bot.rtc.keys import KEYS_EVENT_TYPE
+from bot.rtc import key_events
 from bot.rtc.membership import LEGACY_TYPES, STICKY_TYPE
 from bot.rtc.session import MatrixRTCSession, MembershipsChanged
 from bot.signals import Signal
@@ -143,7 +143,7 @@ class MatrixRTCSessionManager:
     # ------------------------------------------------------------------ keys
 
     async def _on_to_device(self, event: todevice.DecryptedToDeviceEvent) -> None:
-        if event.type != KEYS_EVENT_TYPE:
+        if event.type not in key_events.KEY_EVENT_TYPES:
             return
         room_id = event.content.get("room_id")
         session = self._sessions.get(room_id) if isinstance(room_id, str) else None
@@ -160,5 +160,10 @@ class MatrixRTCSessionManager:
             log.warning(
                 "ignoring a media key from a device not cross-signed by its owner", extra=ctx
             )
+            return
+        if key_events.claimed_member_of_another_device(
+            event.type, event.content, event.sender, event.sender_device, session.memberships
+        ):
+            log.warning("ignoring a media key naming another device's membership", extra=ctx)
             return
         session.handle_key_event(event)

@@ -23,16 +23,8 @@ from bot.matrix.sticky import StickyStore
 from bot.rtc.capacity import CallSlots, OnQueued
 from bot.rtc.focus import RtcError, SfuAccess, choose_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
-from bot.rtc.keys import (
-    KEYS_EVENT_TYPE,
-    Distribution,
-    MediaKey,
-    OwnKey,
-    ReceivedKey,
-    ReceivedKeys,
-    encode_key_content,
-    parse_key_content,
-)
+from bot.rtc import key_events
+from bot.rtc.keys import Distribution, MediaKey, OwnKey, ReceivedKey, ReceivedKeys
 from bot.rtc.membership import (
     DEFAULT_SLOT_ID,
     LEGACY_TYPE,
@@ -109,7 +101,9 @@ class MatrixRTCSession:
             self.membership_manager_error.emit,
             on_rejoined=lambda: self.rejoined.emit(None),
         )
-        self._own_key = OwnKey(grace_ms=cfg.key_rotation_grace_ms)
+        self._own_key = OwnKey(
+            grace_ms=cfg.key_rotation_grace_ms, make_key=key_events.key_maker(cfg.key_event_format)
+        )
         self._received = ReceivedKeys()
         #: every key announced since joining, by (identity, index): for late listeners
         self._announced: dict[tuple[str, int], EncryptionKeyChanged] = {}
@@ -333,21 +327,20 @@ class MatrixRTCSession:
     async def _send_key(self, plan: Distribution) -> None:
         if plan.first:
             self._emit_own_key(plan.key)  # js installs the first key at once
-        content = encode_key_content(
+        events = key_events.encode_key_events(
+            self.cfg.key_event_format,
             self.room_id,
             plan.key,
             self.client.device_id,
             self._manager.member_id,
             int(self._clock() * 1000),
         )
+        sends = [(u, d, t, c) for u, d, _ in plan.targets for t, c in events]
         results = await asyncio.gather(
-            *(
-                todevice.send_encrypted(self.client, u, d, KEYS_EVENT_TYPE, content)
-                for u, d, _ in plan.targets
-            ),
+            *(todevice.send_encrypted(self.client, u, d, t, c) for u, d, t, c in sends),
             return_exceptions=True,
         )
-        for (user, device, _), result in zip(plan.targets, results, strict=True):
+        for (user, device, _, _), result in zip(sends, results, strict=True):
             if isinstance(result, Exception):
                 log.warning(
                     "could not send our media key to %s/%s: %s",
@@ -373,7 +366,14 @@ class MatrixRTCSession:
 
     def handle_key_event(self, event: todevice.DecryptedToDeviceEvent) -> None:
         """A decrypted key event whose sender device the caller has checked."""
-        received = parse_key_content(event.content, event.sender, self.room_id, time.monotonic())
+        received = key_events.parse_key_event(
+            event.type,
+            event.content,
+            event.sender,
+            event.sender_device,
+            self.room_id,
+            time.monotonic(),
+        )
         if received is None:
             return
         if received.device_id != event.sender_device:
