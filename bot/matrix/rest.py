@@ -18,7 +18,11 @@ from bot.errors import MatrixError
 log = logging.getLogger(__name__)
 
 MSC4140 = "/_matrix/client/unstable/org.matrix.msc4140"
-TRANSPORTS_PATH = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
+#: MSC4519's stable path first, then MSC4143's unstable one (what Synapse serves today)
+TRANSPORTS_PATHS = (
+    "/_matrix/client/v1/rtc/transports",
+    "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+)
 
 
 class MatrixHttpError(MatrixError):
@@ -130,12 +134,17 @@ async def delayed_event_action(client: nio.AsyncClient, delay_id: str, action: s
 
 
 async def rtc_transports(client: nio.AsyncClient) -> list[dict[str, Any]]:
-    """The homeserver's advertised MatrixRTC transports (MSC4143); [] if it has none."""
-    try:
-        answer = await request(client, "GET", TRANSPORTS_PATH, what="rtc transports")
-    except MatrixHttpError as e:
-        if e.status in (400, 404, 405):
-            return []
-        raise
-    items = answer.get("rtc_transports") if isinstance(answer, dict) else None
-    return [t for t in items or [] if isinstance(t, dict) and isinstance(t.get("type"), str)]
+    """The homeserver's advertised MatrixRTC transports (MSC4143); [] if it has none.
+
+    The stable path is asked first; a server that does not know it (400/404/405, or
+    M_UNRECOGNIZED) is asked at the unstable one."""
+    for path in TRANSPORTS_PATHS:
+        try:
+            answer = await request(client, "GET", path, what="rtc transports")
+        except MatrixHttpError as e:
+            if e.status in (400, 404, 405):
+                continue
+            raise
+        items = answer.get("rtc_transports") if isinstance(answer, dict) else None
+        return [t for t in items or [] if isinstance(t, dict) and isinstance(t.get("type"), str)]
+    return []

@@ -133,6 +133,16 @@ async def send(
     return answer["delay_id"] if delay_ms is not None else answer["event_id"]
 
 
+def sticky_key_of(content: Any) -> str | None:
+    """The sticky key: the unstable ``msc4354_sticky_key``, else the stable ``sticky_key``."""
+    if not isinstance(content, dict):
+        return None
+    key = content.get(STICKY_KEY)
+    if not isinstance(key, str):
+        key = content.get("sticky_key")
+    return key if isinstance(key, str) else None
+
+
 class StickyStore:
     """The live sticky events of one room, by (sender, type, sticky key)."""
 
@@ -144,7 +154,7 @@ class StickyStore:
         received_ms = time.time() * 1000 if received_ms is None else received_ms
         content = event.get("content")
         sender, event_type = event.get("sender"), event.get("type")
-        key = content.get(STICKY_KEY) if isinstance(content, dict) else None
+        key = sticky_key_of(content)
         ots = event.get("origin_server_ts")
         if not (
             isinstance(sender, str)

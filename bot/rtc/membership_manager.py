@@ -127,10 +127,12 @@ class MembershipManager:
             return {
                 "slot_id": DEFAULT_SLOT_ID,
                 "application": {"type": "m.call", "m.call.intent": "audio"},
+                # membership: MSC4143's latest text reads it; js 43 ignores it.
                 "member": {
                     "user_id": self.client.user_id,
                     "device_id": self.client.device_id,
                     "id": self.member_id,
+                    "membership": "join",
                 },
                 "transports": {"published": [transport], "can_subscribe": ["livekit"]},
                 "rtc_transports": [transport],
@@ -180,7 +182,8 @@ class MembershipManager:
         return event_id
 
     def leave_content(self) -> dict[str, Any]:
-        return {STICKY_KEY: self.member_id} if self.sticky else {}
+        # js 43 StickyEventMembershipManager: the slot and the sticky key, nothing else.
+        return {"slot_id": DEFAULT_SLOT_ID, STICKY_KEY: self.member_id} if self.sticky else {}
 
     async def _send(self, content: dict[str, Any], delay_ms: int | None = None) -> str:
         """Send our membership (or its leave); an event ID, or a delay ID if delayed."""
