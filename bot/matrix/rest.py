@@ -36,6 +36,19 @@ class MatrixHttpError(MatrixError):
         super().__init__(f"{what}: HTTP {status} {self.errcode} {message}".rstrip())
 
 
+class DelayIgnored(MatrixError):
+    """The homeserver answered a delayed send without a ``delay_id``: it ignored the delay
+    parameter and sent the event at once (MSC4140 unsupported there)."""
+
+
+def delay_id_of(answer: Any, what: str) -> str:
+    """The ``delay_id`` of a delayed send's answer; DelayIgnored if there is none."""
+    delay_id = answer.get("delay_id") if isinstance(answer, dict) else None
+    if not isinstance(delay_id, str) or not delay_id:
+        raise DelayIgnored(f"{what}: the homeserver sent it at once (no delay_id)")
+    return delay_id
+
+
 async def request(
     client: nio.AsyncClient,
     method: str,
@@ -111,7 +124,7 @@ async def put_delayed_state(
         query={"org.matrix.msc4140.delay": delay_ms},
         what=f"scheduling a delayed {event_type}",
     )
-    return answer["delay_id"]
+    return delay_id_of(answer, f"scheduling a delayed {event_type}")
 
 
 async def delayed_event_action(client: nio.AsyncClient, delay_id: str, action: str) -> None:

@@ -130,7 +130,9 @@ async def send(
     answer = await rest.request(
         client, "PUT", path, content, query=query, what=f"sending a sticky {event_type}"
     )
-    return answer["delay_id"] if delay_ms is not None else answer["event_id"]
+    if delay_ms is not None:
+        return rest.delay_id_of(answer, f"scheduling a delayed {event_type}")
+    return answer["event_id"]
 
 
 def sticky_key_of(content: Any) -> str | None:

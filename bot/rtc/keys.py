@@ -59,10 +59,7 @@ def key_length_problem(size: int) -> str | None:
     random bytes, the spec (MSC4195) at least 32."""
     if size == KEY_BYTES or MIN_SPEC_KEY_BYTES <= size <= MAX_KEY_BYTES:
         return None
-    return (
-        f"the key is {size} bytes, not {KEY_BYTES} or "
-        f"{MIN_SPEC_KEY_BYTES}..{MAX_KEY_BYTES}"
-    )
+    return f"the key is {size} bytes, not {KEY_BYTES} or {MIN_SPEC_KEY_BYTES}..{MAX_KEY_BYTES}"
 
 
 @dataclass(frozen=True)

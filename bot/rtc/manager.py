@@ -21,8 +21,8 @@ from bot.log import context
 from bot.matrix import sticky, todevice
 from bot.matrix.client import MatrixClient
 from bot.matrix.sticky import StickyStore
-from bot.rtc.capacity import CallSlots
 from bot.rtc import key_events
+from bot.rtc.capacity import CallSlots
 from bot.rtc.membership import LEGACY_TYPES, STICKY_TYPE
 from bot.rtc.session import MatrixRTCSession, MembershipsChanged
 from bot.signals import Signal

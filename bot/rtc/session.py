@@ -20,10 +20,10 @@ from bot.config import RtcConfig
 from bot.log import context
 from bot.matrix import todevice
 from bot.matrix.sticky import StickyStore
+from bot.rtc import key_events
 from bot.rtc.capacity import CallSlots, OnQueued
 from bot.rtc.focus import RtcError, SfuAccess, choose_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
-from bot.rtc import key_events
 from bot.rtc.keys import Distribution, MediaKey, OwnKey, ReceivedKey, ReceivedKeys
 from bot.rtc.membership import (
     DEFAULT_SLOT_ID,
