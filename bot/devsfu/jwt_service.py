@@ -12,8 +12,10 @@ for the identity and room that every other MatrixRTC client will expect
 Requests are decoded the way the Go service decodes them (unknown fields and wrong types are
 400 M_NOT_JSON), validated in its order and answered with its error codes. The OpenID token is
 checked at the configured homeserver's federation ``openid/userinfo``, and the user it names
-must belong to ``matrix_server_name``. Like a service without "full access" homeservers, it
-creates no rooms and refuses to take over delayed leave events.
+must belong to ``matrix_server_name``. It creates no rooms. ``/delegate_delayed_leave``
+takes over the delayed leave of a member of the configured homeserver (its "full access"
+users; others get lk-jwt-service's M_FORBIDDEN) and watches it as lk-jwt-service does
+(``bot.devsfu.delegation``); the older delay fields of the token requests stay refused.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.devsfu.auth import TokenAuthority
+from bot.devsfu.delegation import DelayedLeaves, Job, Presence
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,13 @@ _LEGACY_FIELDS: dict[str, type] = {
     **_DELAY_FIELDS,
 }
 _GET_TOKEN_FIELDS: dict[str, type] = {
+    "room_id": str,
+    "slot_id": str,
+    "openid_token": dict,
+    "member": dict,
+    **_DELAY_FIELDS,
+}
+_DELEGATE_FIELDS: dict[str, type] = {
     "room_id": str,
     "slot_id": str,
     "openid_token": dict,
@@ -143,14 +153,17 @@ class JwtService:
         homeserver: str,
         authority: TokenAuthority,
         livekit_url: Callable[[web.Request], str],
+        present: Presence = lambda room, identity: False,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.authority = authority
         self._livekit_url = livekit_url
+        self.delayed_leaves = DelayedLeaves(present)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/sfu/get", self.sfu_get)
         app.router.add_route("*", "/get_token", self.get_token)
+        app.router.add_route("*", "/delegate_delayed_leave", self.delegate_delayed_leave)
 
     async def _user_id(self, token: dict[str, Any]) -> str:
         """The Matrix user the OpenID token belongs to, as its homeserver says."""
@@ -240,6 +253,57 @@ class JwtService:
             identity = hashed_identity(user_id, member["claimed_device_id"], member["id"], go=True)
             room = livekit_room_alias(body["room_id"], body["slot_id"])
             return self._answer(request, identity, room)
+        except MatrixError as e:
+            return _error_response(e)
+
+    async def delegate_delayed_leave(self, request: web.Request) -> web.Response:
+        """lk-jwt-service's handleDelegateDelayedLeave: validated in its order."""
+        try:
+            body = await self._body(request, _DELEGATE_FIELDS)
+            if body is None:
+                return web.Response(headers=CORS_HEADERS)
+            token, member = body["openid_token"], body["member"]
+            if not body["room_id"] or not body["slot_id"]:
+                raise MatrixError(
+                    400, "M_BAD_JSON", "The request body is missing `room_id` or `slot_id`"
+                )
+            if not all(member[k] for k in _MEMBER_FIELDS):
+                raise MatrixError(
+                    400,
+                    "M_BAD_JSON",
+                    "The request body `member` is missing `id`, `claimed_user_id` or "
+                    "`claimed_device_id`",
+                )
+            if not token["access_token"] or not token["matrix_server_name"]:
+                raise MatrixError(
+                    400,
+                    "M_BAD_JSON",
+                    "The request body `openid_token` is missing `access_token` or "
+                    "`matrix_server_name`",
+                )
+            if not body["delay_id"] or body["delay_timeout"] <= 0 or not body["delay_cs_api_url"]:
+                raise MatrixError(
+                    400,
+                    "M_BAD_JSON",
+                    "The request body is missing `delay_id`, `delay_timeout` or `delay_cs_api_url`",
+                )
+            user_id = await self._user_id(token)
+            if member["claimed_user_id"] != user_id:
+                raise _unauthorized()
+            # The service resolves the CS API from the server name (not delay_cs_api_url);
+            # here that is the one homeserver it checks OpenID tokens at.
+            identity = hashed_identity(user_id, member["claimed_device_id"], member["id"], go=True)
+            self.delayed_leaves.add(
+                Job(
+                    cs_api_url=self.homeserver,
+                    delay_id=body["delay_id"],
+                    timeout_s=body["delay_timeout"] / 1000,
+                    room=livekit_room_alias(body["room_id"], body["slot_id"]),
+                    identity=identity,
+                )
+            )
+            log.info("watching the delayed leave of %s", identity)
+            return web.json_response({}, headers=CORS_HEADERS)
         except MatrixError as e:
             return _error_response(e)
 

@@ -84,8 +84,10 @@ class DevSfu:
         r.add_get("/debug/stats", self._stats)
         r.add_get("/healthz", self._ok)
         r.add_get("/", self._ok)
+        self.jwt: JwtService | None = None
         if homeserver:
-            JwtService(homeserver, self.authority, self._livekit_url).add_routes(self.app)
+            self.jwt = JwtService(homeserver, self.authority, self._livekit_url, self._present)
+            self.jwt.add_routes(self.app)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -119,8 +121,17 @@ class DevSfu:
             f", OpenID checked at {self.homeserver}" if self.homeserver else "",
         )
 
+    def _present(self, room: str, identity: str) -> bool:
+        """Whether ``identity`` is connected in LiveKit room ``room`` (for delayed leaves)."""
+        found = self.rooms.get(room)
+        return found is not None and any(
+            p.identity == identity for p in found.participants.values()
+        )
+
     async def stop(self) -> None:
         """Ask every client to leave, then shut down."""
+        if self.jwt is not None:
+            await self.jwt.delayed_leaves.close()
         for room in list(self.rooms.values()):
             for p in list(room.participants.values()):
                 await disconnect(
