@@ -20,7 +20,7 @@ from bot.config import RtcConfig
 from bot.log import context
 from bot.matrix import todevice
 from bot.matrix.sticky import StickyStore
-from bot.rtc import key_events
+from bot.rtc import key_events, notification
 from bot.rtc.capacity import CallSlots, OnQueued
 from bot.rtc.focus import RtcError, SfuAccess, choose_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
@@ -34,12 +34,12 @@ from bot.rtc.membership import (
     transport_of,
 )
 from bot.rtc.membership_manager import MembershipManager
+from bot.rtc.slot import RtcSlot, check_joinable
 from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
-NOTIFICATION_TYPE = "org.matrix.msc4075.rtc.notification"
-NOTIFICATION_LIFETIME_MS = 30_000
+NOTIFICATION_TYPE = notification.NOTIFICATION_TYPE
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ class MatrixRTCSession:
         self._ctx = context(room=room_id)
         #: a join() is under way (commands typed meanwhile wait for it)
         self.joining = False
+        #: the slot's state event and the room's call notifications (fed by the manager)
+        self.slot: RtcSlot | None = None
+        self.notifications = notification.NotificationLog()
 
     # ------------------------------------------------------------------ members
 
@@ -216,6 +219,7 @@ class MatrixRTCSession:
             self.joining = False
 
     async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
+        check_joinable(self.slot, self.slot_id)
         member_id = await self._manager.prepare()
         await self._check_power_level()
         preferred = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
@@ -287,14 +291,12 @@ class MatrixRTCSession:
         return ok
 
     async def _send_notification(self, membership_event_id: str) -> None:
-        content = {
-            "m.mentions": {"user_ids": [], "room": True},
-            "notification_type": self.cfg.notification_type,
-            "m.relates_to": {"rel_type": "m.reference", "event_id": membership_event_id},
-            "sender_ts": int(self._clock() * 1000),
-            "lifetime": NOTIFICATION_LIFETIME_MS,
-            "m.call.intent": "audio",
-        }
+        content = notification.notification_content(
+            slot_id=self.slot_id,
+            notification_type=self.cfg.notification_type,
+            membership_event_id=membership_event_id,
+            now_ms=int(self._clock() * 1000),
+        )
         resp = await self.client.room_send(
             self.room_id, NOTIFICATION_TYPE, content, ignore_unverified_devices=True
         )
