@@ -25,7 +25,7 @@ import nio
 
 from bot import outbound
 from bot.log import context
-from bot.outbound import OutboundError, display_host
+from bot.outbound import OutboundError, OutboundPolicy, display_host
 from bot.rtc.focus import RtcError, openid_token
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,16 @@ def request_body(
     }
 
 
-async def delegate(client: nio.AsyncClient, service_url: str, leave: DelayedLeave) -> bool:
-    """Ask the service at ``service_url`` to watch our leave; True if it took it."""
+async def delegate(
+    client: nio.AsyncClient,
+    service_url: str,
+    leave: DelayedLeave,
+    policy: OutboundPolicy | None = None,
+) -> bool:
+    """Ask the service at ``service_url`` to watch our leave; True if it took it.
+
+    Only for the service the bot got its LiveKit token from: ``focus.sfu_access`` has
+    checked that the bot's OpenID token may go there."""
     host = display_host(service_url)
     ctx = context(room=leave.room_id)
     try:
@@ -72,6 +80,7 @@ async def delegate(client: nio.AsyncClient, service_url: str, leave: DelayedLeav
             "POST",
             service_url.rstrip("/") + PATH,
             json=request_body(client, leave, token),
+            policy=policy,
         )
     except Exception as e:  # never fatal: the bot restarts the event itself
         if not isinstance(e, OutboundError | RtcError | OSError | TimeoutError):
