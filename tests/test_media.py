@@ -36,6 +36,7 @@ from bot.plugin import (
     VideoWants,
 )
 from bot.rtc.identity import livekit_room_alias
+from bot.rtc.keys import MediaKey
 from bot.rtc.session import MatrixRTCSession
 from tests import lkclient
 from tests.botproc import BotProcess, write_config
@@ -373,6 +374,63 @@ async def test_audio_keeps_flowing_across_key_rotations(
         await asyncio.sleep(2.0)  # well past the bot's switch to index 1
         result = await probe.tone(near=660, timeout=TIMEOUT)
         assert abs(result.freq - 660) < 15, result
+        stop.set()
+        await feeder
+        await probe.close()
+        await tone.stop()
+
+
+async def _rotate_own_key(s: Scene) -> int:
+    """Make the bot rotate its key through its real path (a member it shared the key with
+    left: a new key, sent to alice over Olm, used after the delay); the new index."""
+    own = s.session._own_key
+    assert own.current is not None
+    own._shared_with = own._shared_with | {("@ghost:localhost", "GHOST", 1)}
+    s.session.recalculate()
+    nxt = (own.current.index + 1) % 256
+    await wait_until(lambda: own.current is not None and own.current.index == nxt, TIMEOUT)
+    return nxt
+
+
+async def test_the_bots_key_index_goes_through_255_and_wraps_to_0(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """Issue 22: Element's Rust MatrixRTC crate notes native LiveKit crashing at key index
+    255 with a ring of 256. The bot's key goes to 254, 255 and wraps to 0 (a new key where
+    its first one was) through its own distribution and media path; alice's livekit client
+    hears it at each index, and hears nothing while it holds only the stale key at 0."""
+    async with scene(synapse, sfu, tmp_path) as s:
+        tone, stop, feeder = await s.both_speak()
+        probe = lkclient.AudioProbe(await s.lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
+        await probe.tone(near=660, timeout=TIMEOUT)
+        own = s.session._own_key
+        assert own.current is not None and own.current.index == 0
+        # Skip most of the ring: the bookkeeping says 253 (no rotation happens here; the
+        # bot goes on encrypting with its first key, which alice holds at index 0).
+        own.current = MediaKey(own.current.key, 253)
+        for want in (254, 255):
+            assert await _rotate_own_key(s) == want
+            s.install(await s.key_from(s.bot_identity, index=want), s.bot_identity)
+            await asyncio.sleep(s.bot.config.rtc.use_key_delay_ms / 1000 + 1.0)
+            heard_at = await probe.tone(near=660, timeout=TIMEOUT)
+            assert abs(heard_at.freq - 660) < 15, (want, heard_at)
+        first = await s.key_from(s.bot_identity, index=0)  # the one alice holds at 0
+        mark = s.alice.mark()
+        assert await _rotate_own_key(s) == 0
+        wrapped = await s.alice.wait_event(
+            lambda e: e["event"] == "key" and e["identity"] == s.bot_identity and e["index"] == 0,
+            TIMEOUT,
+            since=mark,
+        )
+        assert wrapped["key"] != first["key"]  # a new key at index 0, not the old one again
+        await asyncio.sleep(s.bot.config.rtc.use_key_delay_ms / 1000 + 1.5)
+        try:  # alice holds the stale key at 0: the bot's audio does not decrypt
+            assert await probe.loudest(1.0) < lkclient.TONE_RMS
+        except TimeoutError:
+            pass  # no audio frames at all: silent too
+        s.install(wrapped, s.bot_identity)
+        heard_at = await probe.tone(near=660, timeout=TIMEOUT)
+        assert abs(heard_at.freq - 660) < 15, heard_at
         stop.set()
         await feeder
         await probe.close()
