@@ -746,3 +746,64 @@ async def test_sigterm_finishes_the_files_and_leaves_the_call(
         assert meta["complete"] is True and "interrupted" not in meta
         assert json.loads((folder / "transcript.json").read_text())["segments"] == []
         assert stat.S_IMODE((folder / "transcript.txt").stat().st_mode) == 0o600
+
+
+async def test_a_killed_sticky_bot_is_left_by_the_jwt_service_at_once(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """Issue 22: with a sticky membership the bot hands its delayed leave to the JWT service
+    (/delegate_delayed_leave, as Element Call does). SIGKILLed, it is out of the call as soon
+    as the SFU notices, long before the homeserver's 60 s timer would send the leave."""
+    account = synapse.register("bot")
+    cfg = write_config(
+        tmp_path / "config.toml",
+        synapse.url,
+        account,
+        f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\nmembership_format = "sticky"\n'
+        "delayed_leave_ms = 60000\nauto_leave = false\n"
+        # a plugin that wants media, or the bot stays on the Matrix side only
+        '[plugins]\nenabled = ["recorder"]\n[plugins.recorder]\nupload_mixed = false\n',
+    )
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        bot = await BotProcess(cfg).start()
+        try:
+            room = (await alice.call("create_room", invite=[account.user_id]))["room_id"]
+            await wait_until(lambda: bot.logged("joined on invite"), TIMEOUT, "bot in room")
+            await asyncio.sleep(1.0)
+            focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+            await alice.call("rtc_join", room_id=room, foci=focus)
+            await alice.call("send_text", room_id=room, body="!join")
+            await wait_until(
+                lambda: any(e["msg"].startswith("connected to the SFU") for e in bot.entries),
+                TIMEOUT,
+                "the bot's media",
+            )
+            await wait_until(
+                lambda: any("watches our delayed leave" in e["msg"] for e in bot.entries),
+                TIMEOUT,
+                "the delegation",
+            )
+            seen = await alice.wait_event(
+                lambda e: (
+                    e["event"] == "memberships"
+                    and any(m["user_id"] == account.user_id for m in e["members"])
+                ),
+                TIMEOUT,
+            )
+            assert any(m["user_id"] == account.user_id for m in seen["members"])
+            mark = alice.mark()
+            loop = asyncio.get_running_loop()
+            killed_at = loop.time()
+            await bot.stop(signal.SIGKILL)
+            await alice.wait_event(
+                lambda e: (
+                    e["event"] == "memberships"
+                    and not any(m["user_id"] == account.user_id for m in e["members"])
+                ),
+                45.0,
+                since=mark,
+            )
+            assert loop.time() - killed_at < 30.0  # the homeserver alone: 60 s
+        finally:
+            if bot.proc and bot.proc.returncode is None:
+                await bot.stop(signal.SIGKILL)

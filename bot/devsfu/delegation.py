@@ -13,6 +13,7 @@ accepts that).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -24,8 +25,11 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 DELAYED_EVENTS = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
-#: how often presence on the SFU is looked at (the Go service has webhooks; this is in-process)
+#: how often presence on the SFU is looked at (the Go service has webhooks for joins and
+#: leaves and looks itself now and then; here joins are told and presence is polled)
 POLL_S = 0.2
+#: absent this long after it connected: gone (a connection shorter than a poll is not missed)
+ABSENT_S = 1.0
 MAX_WAIT_S = 3600.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -48,6 +52,7 @@ class DelayedLeaves:
     def __init__(self, present: Presence) -> None:
         self._present = present
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._joined: dict[tuple[str, str], asyncio.Event] = {}
         #: what each finished job did last, for tests and logs: "sent", "gone", "replaced"
         self.outcomes: dict[str, str] = {}
 
@@ -56,13 +61,21 @@ class DelayedLeaves:
         old = self._tasks.pop(key, None)
         if old is not None and not old.done():
             old.cancel()  # JobReplaced
+        self._joined[key] = asyncio.Event()
         task = asyncio.create_task(self._run(job), name=f"delayed-leave-{job.delay_id}")
         self._tasks[key] = task
         task.add_done_callback(functools.partial(self._forget, key))
 
+    def participant_joined(self, room: str, identity: str) -> None:
+        """The SFU's "participant joined" (lk-jwt-service gets it as a webhook)."""
+        joined = self._joined.get((room, identity))
+        if joined is not None:
+            joined.set()
+
     def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+            self._joined.pop(key, None)
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):
@@ -71,15 +84,27 @@ class DelayedLeaves:
         self._tasks.clear()
 
     async def _run(self, job: Job) -> None:
+        try:
+            await self._watch(job)
+        except Exception:  # a dev-service bug must show, not end the job in silence
+            log.exception("watching the delayed leave %s failed", job.delay_id)
+            self.outcomes[job.delay_id] = "failed"
+
+    async def _watch(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
+        joined = self._joined[(job.room, job.identity)]
         give_up = loop.time() + min(MAX_WAIT_S, job.timeout_s)
-        while not self._present(job.room, job.identity):
+        while not (joined.is_set() or self._present(job.room, job.identity)):
             if loop.time() >= give_up:
                 await self._finish(job, "send")
                 return
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(joined.wait(), POLL_S)
         next_restart = loop.time()
-        while self._present(job.room, job.identity):
+        last_seen = loop.time()
+        while loop.time() - last_seen < ABSENT_S:
+            if self._present(job.room, job.identity):
+                last_seen = loop.time()
             if loop.time() >= next_restart:
                 status = await _action(job, "restart")
                 if status == 404:

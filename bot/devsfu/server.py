@@ -203,6 +203,8 @@ class DevSfu:
         if room is None:
             room = self.rooms[grant.room] = Room(grant.room, self._forget_room)
         auto_subscribe = request.query.get("auto_subscribe", "1") not in ("0", "false")
+        if self.jwt is not None:
+            self.jwt.delayed_leaves.participant_joined(grant.room, grant.identity)
         await run_session(
             ws,
             room,
