@@ -1,16 +1,17 @@
 """Capacity of one bot process: N encrypted calls with M participants each, recorded (and with
 ``--transcribe`` transcribed too), everything real.
 
-    scripts/netns-run.sh /tmp/v1/bin/python -m bench.load --calls 10 [--participants 4]
+    scripts/netns-run.sh .venv/bin/python -m bench.load --calls 10 [--participants 4]
         [--seconds 30] [--transcribe --speakers 4] [--keep]
 
-Processes: a throwaway Synapse (``bot.demo.synapse``), the dev SFU (``callbot dev-sfu``), the
-bot under test (``callbot run``: recorder, and the transcriber with ``--transcribe``), and this
-load generator. Its M participants (``bench.load_voice``) are the bot framework itself, each in
-all N calls: they join through MatrixRTC memberships, exchange media keys with the bot over
-Olm, and publish encrypted audio, a tone each, or speech where they are among the speakers.
-The first participant types ``!join``, ``!record start`` (``!transcribe start``) and at the
-end ``!leave`` in every room, as a user would.
+Processes: a throwaway Synapse (``bot.demo.synapse``, run from ``$CALLBOT_SYNAPSE_PYTHON`` or
+else the checkout's ``.venv-synapse``, which ``scripts/test.sh`` installs), the dev SFU
+(``callbot dev-sfu``), the bot under test (``callbot run``: recorder, and the transcriber with
+``--transcribe``), and this load generator. Its M participants (``bench.load_voice``) are the
+bot framework itself, each in all N calls: they join through MatrixRTC memberships, exchange
+media keys with the bot over Olm, and publish encrypted audio, a tone each, or speech where
+they are among the speakers. The first participant types ``!join``, ``!record start``
+(``!transcribe start``) and at the end ``!leave`` in every room, as a user would.
 
 The bot's CPU and memory come from ``/proc/<pid>`` (its own, nobody else's); the recordings are
 checked afterwards: frames lost to a full queue (``meta.json`` "lost"), silences filled in
@@ -213,8 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from bot.demo.synapse import Synapse
 
     folder = Path(tempfile.mkdtemp(prefix="callbot-load-"))
-    python = os.environ.get("CALLBOT_SYNAPSE_PYTHON")
-    synapse = Synapse(folder / "synapse", Path(python) if python else None)
+    synapse = Synapse(folder / "synapse")  # $CALLBOT_SYNAPSE_PYTHON or .venv-synapse
     cleanup: list[Callable[[], Any]] = []
     result: dict[str, Any] = {"calls": args.calls, "participants": args.participants}
     try:

@@ -1,9 +1,13 @@
-"""The transcriber with tiny.en int8 on this machine: accuracy, caption latency, capacity.
+"""The transcriber on this machine (tiny.en int8 unless ``--model``): accuracy, caption latency,
+capacity.
 
     .venv/bin/python -m bench.transcriber [--speakers 1,2,4,6,8] [--seconds 40]
+        [--model bundled:tiny.en | /path/to/ctranslate2-whisper-folder] [--wer-only]
 
-1. Word error rate on the shipped samples: live (utterance by utterance, as in a call) and
-   offline (whole files, as ``callbot transcribe`` does).
+1. Word error rate on the shipped samples: each sentence whole; live (cut by the streaming VAD
+   as in a call, with the VAD's 32 ms window grid at 8 offsets into the speech, as a call's
+   stream start puts it anywhere: the transcript must not depend on it); and offline (whole
+   files with faster-whisper's VAD, as ``callbot transcribe`` does).
 2. For N simultaneous speakers, each saying the samples in a loop with 1 s pauses, fed in real
    time (20 ms frames) through the real router, VAD and shared engine: the latency from the
    end of each utterance (its last speech arriving) to its caption being posted (the bot's
@@ -28,9 +32,10 @@ from bot.matrix.client import MatrixClient
 from bot.matrix.messages import edit, in_reply, notice
 from bot.plugin import AudioFrame
 from bot.testing import FakeCall, PluginHarness
-from plugins.transcriber.engine import EngineSettings, SpeechEngine
+from plugins.transcriber.engine import BUNDLED, EngineSettings, SpeechEngine
 from plugins.transcriber.plugin import Transcriber, TranscriberConfig
 from plugins.transcriber.samples import samples, word_error_rate
+from plugins.transcriber.vad import Segmenter
 from tests.peer import Peer, wait_until
 from tests.synapse import Synapse
 
@@ -38,9 +43,23 @@ RATE = 16_000
 FRAME = 320
 
 
-def wer_figures() -> None:
-    engine = SpeechEngine(EngineSettings())
-    for mode in ("live", "offline"):
+def live_text(engine: SpeechEngine, pcm: np.ndarray, offset: int) -> str:
+    """``pcm`` as a call's stream would bring it, ``offset`` samples into the VAD's grid."""
+    lead = np.zeros(RATE // 2 + offset, np.int16)
+    stream = np.concatenate([lead, pcm, np.zeros(RATE, np.int16)])
+    segmenter = Segmenter()
+    utterances = []
+    for i in range(0, stream.size, FRAME):
+        utterances += segmenter.feed(stream[i : i + FRAME], i / RATE)
+    utterances += segmenter.flush()
+    return " ".join(r.text for u in utterances for r in engine.recognize(u.audio))
+
+
+def wer_figures(model: str, threads: int) -> None:
+    engine = SpeechEngine(EngineSettings(model=model, cpu_threads=threads))
+    engine.load()
+    print(f"model {model}")
+    for mode in ("whole", "offline"):
         errors = words = 0
         busy = audio_s = 0.0
         for sample in samples().values():
@@ -59,6 +78,25 @@ def wer_figures() -> None:
             f"WER {mode:7s}: {errors / words:5.1%} ({errors}/{words} words), "
             f"compute {busy / len(samples()):.2f} s per sentence, RTF {busy / audio_s:.3f}"
         )
+    # Live, at 8 offsets of the VAD grid: the same figure at each means the grid does not
+    # change what Whisper gets.
+    per_offset = []
+    texts = set()
+    for offset in range(0, 512, 64):
+        errors = words = 0
+        said = []
+        for sample in samples().values():
+            text = live_text(engine, sample.pcm(RATE), offset)
+            said.append(text)
+            n = len(sample.text.split())
+            errors += round(word_error_rate(sample.text, text) * n)
+            words += n
+        per_offset.append(errors / words)
+        texts.add(tuple(said))
+    print(
+        f"WER live   : {min(per_offset):5.1%} .. {max(per_offset):5.1%} over 8 VAD grid offsets "
+        f"({len(texts)} different transcript(s)); first: {' | '.join(next(iter(texts)))}"
+    )
     engine.close()
 
 
@@ -79,8 +117,8 @@ class MatrixCall(FakeCall):
         return await self.matrix.send(self.room_id, edit(event_id, notice(text, html)))
 
 
-async def speakers(n: int, seconds: float, call: FakeCall, threads: int) -> None:
-    plugin = Transcriber(TranscriberConfig(upload=(), cpu_threads=threads))
+async def speakers(n: int, seconds: float, call: FakeCall, threads: int, model: str) -> None:
+    plugin = Transcriber(TranscriberConfig(upload=(), cpu_threads=threads, model=model))
     plugin.engine = SpeechEngine(plugin.config.engine_settings())  # fresh counters
     h = PluginHarness(plugin, call)
     await h.start()
@@ -124,7 +162,7 @@ async def speakers(n: int, seconds: float, call: FakeCall, threads: int) -> None
 
 
 async def in_a_room(
-    synapse: Synapse, work: Path, counts: list[int], seconds: float, threads: int
+    synapse: Synapse, work: Path, counts: list[int], seconds: float, threads: int, model: str
 ) -> None:
     account = synapse.register("bot")
     cfg = parse_config(
@@ -149,7 +187,7 @@ async def in_a_room(
         await wait_until(lambda: room in matrix.nio.rooms, 20, "the bot's sync of the room")
         await matrix.send(room, notice("warm-up: sharing the room key"))
         for n in counts:
-            await speakers(n, seconds, MatrixCall(matrix, room), threads)
+            await speakers(n, seconds, MatrixCall(matrix, room), threads, model)
     finally:
         await alice.stop()
         await matrix.stop()
@@ -160,12 +198,18 @@ def main() -> None:
     parser.add_argument("--speakers", default="1,2,4,6,8")
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--threads", type=int, default=2, help="cpu_threads of the model")
+    parser.add_argument("--model", default=BUNDLED, help="[plugins.transcriber] model")
+    parser.add_argument("--wer-only", action="store_true", help="no caption latency run")
     args = parser.parse_args()
-    wer_figures()
+    wer_figures(args.model, args.threads)
+    if args.wer_only:
+        return
     counts = [int(x) for x in args.speakers.split(",")]
     print(f"cpu_threads={args.threads}")
     run_with_synapse(
-        lambda synapse, work: in_a_room(synapse, work, counts, args.seconds, args.threads)
+        lambda synapse, work: in_a_room(
+            synapse, work, counts, args.seconds, args.threads, args.model
+        )
     )
 
 

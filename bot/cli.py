@@ -59,6 +59,25 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="base URL of the homeserver that checks OpenID tokens for the JWT service",
     )
+    dev.add_argument(
+        "--server-name",
+        help="the homeserver's Matrix server name: other servers' users are checked over "
+        "federation (HTTPS) and get subscribe-only tokens (default: every token is checked at "
+        "--homeserver, and all get full access)",
+    )
+    dev.add_argument(
+        "--full-access-homeservers",
+        help="comma-separated server names whose users may publish and open rooms, '*' for "
+        "all (lk-jwt-service's LIVEKIT_FULL_ACCESS_HOMESERVERS; default: --server-name)",
+    )
+    dev.add_argument(
+        "--federation-ca", help="CA file that federation TLS must chain to (default: the system's)"
+    )
+    dev.add_argument(
+        "--no-auto-create",
+        action="store_true",
+        help="join only rooms a full-access token opened (LiveKit's room.auto_create: false)",
+    )
     # The defaults of livekit-server --dev (bot.devsfu.auth; not imported here, to stay fast)
     dev.add_argument("--api-key", default="devkey", help="LiveKit API key (default: %(default)s)")
     dev.add_argument(
@@ -69,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="see it work: a throwaway Synapse, the dev SFU, the bot recording and transcribing "
-        "a simulated participant (needs the [demo] extra)",
+        "a simulated participant (needs the [all] extra, and Synapse in .venv-synapse)",
     )
     demo.add_argument(
         "--data-dir", type=Path, help="where to keep everything (default: a new temporary folder)"
@@ -163,6 +182,14 @@ def _dev_sfu(args: argparse.Namespace) -> int:
                 homeserver=args.homeserver,
                 api_key=args.api_key,
                 api_secret=args.api_secret,
+                server_name=args.server_name,
+                full_access_homeservers=(
+                    args.full_access_homeservers.replace(",", " ").split()
+                    if args.full_access_homeservers
+                    else None
+                ),
+                federation_ca=args.federation_ca,
+                auto_create=not args.no_auto_create,
             )
         )
     except CallbotError as e:

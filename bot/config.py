@@ -236,6 +236,11 @@ class OutboundConfig:
     #: lets the bot join calls hosted on other servers' SFUs, and lets whoever posts a call
     #: membership receive a token that proves the bot's identity).
     openid_any_service: bool = False
+    #: Send the OpenID token to the JWT service that a call member of another homeserver
+    #: publishes on, when its host is that homeserver's name or a subdomain of it
+    #: (@bob:other.org on https://rtc.other.org): without it the bot cannot hear the remote
+    #: half of a federated call (multi-SFU), and with it that service learns the bot's identity.
+    openid_member_homeservers: bool = True
     #: A request to such a URL (JWT service, .well-known) gives up after this long, seconds.
     timeout_s: float = _check(_positive, default=20.0)
     #: Their answers may be at most this large, bytes.

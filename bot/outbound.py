@@ -106,6 +106,8 @@ class OutboundPolicy:
     openid_services: tuple[str, ...] = ()
     #: Send the OpenID token to any JWT service a call uses.
     openid_any_service: bool = False
+    #: Send it to a member's JWT service on that member's own homeserver's domain.
+    openid_member_homeservers: bool = True
     #: Every address allowed (the music plugin's allow_private_urls).
     allow_private: bool = False
     timeout_s: float = 20.0
@@ -127,6 +129,7 @@ class OutboundPolicy:
             trusted_origins=frozenset(origins),
             openid_services=tuple(dict.fromkeys(s for u in openid if (s := service_key(u)))),
             openid_any_service=out.openid_any_service,
+            openid_member_homeservers=out.openid_member_homeservers,
             timeout_s=out.timeout_s,
             max_response_bytes=out.max_response_bytes,
         )
@@ -204,13 +207,31 @@ class OutboundPolicy:
             raise first_error or OutboundError(f"{show_host(host)} could not be found", host)
         return allowed
 
-    def trusts_openid(self, service_url: str, advertised: Iterable[str] = ()) -> bool:
+    def trusts_openid(
+        self, service_url: str, advertised: Iterable[str] = (), member_server: str | None = None
+    ) -> bool:
         """May the bot's OpenID token go to this JWT service? ``advertised``: the services
-        the bot's own homeserver names (rtc/transports, .well-known)."""
+        the bot's own homeserver names (rtc/transports, .well-known); ``member_server``: the
+        homeserver of the member who publishes there (multi-SFU)."""
         if self.openid_any_service:
             return True
         key = service_key(service_url)
-        return key is not None and key in {*self.openid_services, *map(service_key, advertised)}
+        if key is None:
+            return False
+        if key in {*self.openid_services, *map(service_key, advertised)}:
+            return True
+        return (
+            member_server is not None
+            and self.openid_member_homeservers
+            and _within(urlsplit(service_url).hostname or "", member_server)
+        )
+
+
+def _within(host: str, server_name: str) -> bool:
+    """Is ``host`` the host of ``server_name`` (which may carry a port) or a subdomain of it?"""
+    server_host = urlsplit(f"https://{server_name}").hostname or ""
+    host, server_host = host.lower().rstrip("."), server_host.lower().rstrip(".")
+    return bool(server_host) and (host == server_host or host.endswith("." + server_host))
 
 
 def refusal(ip: IPAddress) -> str | None:

@@ -20,8 +20,9 @@ failures, disabled for the call; it never ends the call.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -33,7 +34,7 @@ import numpy as np
 from bot.commands.core import format_duration
 from bot.commands.registry import Arg, CommandContext, command
 from bot.errors import CommandError, PermissionDenied, UsageError
-from bot.files import write_private, write_private_json
+from bot.files import private_dir, private_file, write_private, write_private_json
 
 __all__ = [
     "Arg",
@@ -58,6 +59,8 @@ __all__ = [
     "VideoWants",
     "command",
     "format_duration",
+    "private_dir",
+    "private_file",
     "write_private",
     "write_private_json",
 ]
@@ -144,11 +147,15 @@ class ParticipantEvent:
 @dataclass(frozen=True)
 class ConnectionChange:
     """The call's media connection (the SFU) was lost, or is back: between the two, frames
-    are missing, not silent. ``reason``: a few words for logs and files."""
+    are missing, not silent. ``reason``: a few words for logs and files. ``sfu``: None for
+    the bot's own SFU (everyone's media), else the host of another SFU of a federated call,
+    and ``participants`` those who publish there (only their media is missing)."""
 
     connected: bool
     timestamp: float
     reason: str = ""
+    sfu: str | None = None
+    participants: tuple[Participant, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,7 +254,15 @@ class CallContext(Protocol):
 
     async def publish_video(self, name: str, width: int, height: int) -> VideoOut: ...
 
-    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on one of this plugin's own worker threads (never the event loop);
+        a function run there must not touch the plugin's loop-side state."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        """A background task of this plugin's: cancelled after ``on_call_end`` at the
+        latest, its exception logged."""
+        ...
 
 
 class Plugin:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from bot.commands.permissions import UserPatterns
 from bot.commands.registry import CommandRegistry
 from bot.errors import CommandError
 from bot.media.router import FrameRouter, PluginRunner
+from bot.media.worker import PluginWorker
 from bot.plugin import (
     AudioFrame,
     AudioWants,
@@ -91,6 +92,8 @@ class FakeCall:
         self.uploads: list[tuple[Path, str, str | None]] = []
         self.outputs: list[RecordedOutput] = []
         self.videos: list[RecordedVideo] = []
+        #: the plugin's threads and tasks, as in a real call (PluginHarness.end closes it)
+        self.worker = PluginWorker("test")
 
     def participants(self) -> list[Participant]:
         return list(self.members)
@@ -124,7 +127,10 @@ class FakeCall:
         return video
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
+        return await self.worker.run_blocking(fn, *args)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        return self.worker.spawn(coro, name)
 
 
 PREFIX = "!"
@@ -233,6 +239,8 @@ class PluginHarness:
         await self.runner.drained()
 
     async def end(self) -> None:
-        """The call ends: deliver what is queued, then ``on_call_end``."""
+        """The call ends: deliver what is queued, then ``on_call_end``, then the plugin's
+        tasks and threads end (as in a real call)."""
         await self.router.stop()
         await self.plugin.on_call_end()
+        await self.call.worker.close()

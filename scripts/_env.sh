@@ -1,8 +1,12 @@
-# Shared by scripts/run.sh and scripts/test.sh: make the project's virtual environment.
-# Re-installs only when pyproject.toml changed since the last install.
+# Shared by scripts/run.sh, scripts/demo.sh and scripts/test.sh: make the project's virtual
+# environment (.venv) and, for the demo and the tests, Synapse's own (.venv-synapse).
+# Re-installs only when pyproject.toml (or the Synapse version) changed since the last install.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
+SYNVENV="$ROOT/.venv-synapse"
+# The throwaway homeserver of the demo and the tests (bot/demo/synapse.py SYNAPSE_VERSION).
+SYNAPSE_VERSION=1.163.2
 PYTHON=${PYTHON:-python3}
 
 ensure_python() {
@@ -24,4 +28,16 @@ ensure_venv() {
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT$extras"
     echo "$want" > "$stamp"
   fi
+}
+
+# Synapse in its own environment: its pinned dependencies must not mix with ours.
+# bot/demo/synapse.py finds it there (or at $CALLBOT_SYNAPSE_PYTHON).
+ensure_synapse() {
+  ensure_python
+  if [ "$(cat "$SYNVENV/.installed" 2>/dev/null)" != "$SYNAPSE_VERSION" ]; then
+    [ -x "$SYNVENV/bin/python" ] || "$PYTHON" -m venv "$SYNVENV"
+    "$SYNVENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
+    echo "$SYNAPSE_VERSION" > "$SYNVENV/.installed"
+  fi
+  export CALLBOT_SYNAPSE_PYTHON="$SYNVENV/bin/python"
 }

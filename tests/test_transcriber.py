@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,43 @@ async def test_it_starts_by_itself_in_auto_rooms_and_not_elsewhere() -> None:
     await other.start()
     assert other.plugin.transcript is None  # type: ignore[attr-defined]
     assert other.posts == []
+
+
+def test_a_local_model_folder_is_accepted_and_used(tmp_path: Path) -> None:
+    """``[plugins.transcriber] model`` may name a folder with a faster-whisper (CTranslate2)
+    model, e.g. one copied to an offline machine; check-config refuses what cannot work."""
+    from bot.config import PluginsConfig
+    from bot.errors import ConfigError
+    from bot.plugin_loader import load_plugins
+    from plugins.transcriber.engine import BUNDLED, SpeechEngine, model_location
+
+    folder = tmp_path / "faster-whisper-tiny.en"
+    folder.mkdir()
+    for f in Path(model_location(BUNDLED)[0]).iterdir():
+        (folder / f.name).symlink_to(f)
+
+    def load(model: str) -> TranscriberConfig:
+        plugins = PluginsConfig(enabled=["transcriber"], sections={"transcriber": {"model": model}})
+        (loaded,) = load_plugins(plugins, {"transcriber": Transcriber})
+        return loaded.config
+
+    config = load(str(folder))
+    assert config.model == str(folder)
+    engine = SpeechEngine(config.engine_settings())
+    audio = samples()["rms-1"].pcm(16_000).astype(np.float32) / 32768
+    text = " ".join(r.text for r in engine.recognize(audio))
+    assert word_error_rate(samples()["rms-1"].text, text) < 0.2
+    engine.close()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for model, why in [
+        ("models/small.en", "give the folder as an absolute path"),
+        (str(tmp_path / "missing"), "does not exist"),
+        (str(empty), "holds no model.bin"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load(model)
+        (problem,) = e.value.problems
+        assert problem.startswith("plugins.transcriber") and why in problem, problem
+    assert load("small.en").model == "small.en"  # a name faster-whisper downloads

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -51,6 +53,39 @@ def test_each_sentence_is_one_utterance_with_its_times() -> None:
     assert second.start == pytest.approx(12.0 + a, abs=0.2)
     assert second.end == pytest.approx(12.0 + a + b, abs=0.25)
     assert first.audio.size == pytest.approx((first.end - first.start) * RATE, abs=1)
+
+
+def test_the_same_audio_gives_the_same_utterances_whatever_its_chunks_and_grid() -> None:
+    """In a call the VAD's 32 ms grid falls wherever the person's stream began; the utterances
+    (the audio Whisper gets) must not depend on it, nor on how the audio arrives."""
+    said = speech(0.5, "slt-1", 1.0, "slt-2", 1.0, "rms-4", 1.0)
+    rng = np.random.default_rng(25)
+
+    def cut(lead: int, chunks: list[int] | int) -> list:
+        audio = np.concatenate([np.zeros(lead, np.float32), said])
+        seg, done, at = Segmenter(), [], 0
+        for n in chunks if isinstance(chunks, list) else itertools.repeat(chunks):
+            if at >= audio.size:
+                break
+            done += seg.feed(audio[at : at + n], 5.0 + at / RATE)
+            at += n
+        done += seg.flush()
+        assert len(done) == 3
+        return [(round(u.start - lead / RATE, 6), u.audio) for u in done]
+
+    reference = cut(0, 320)
+    for lead, chunks in [
+        (0, 2560),
+        (0, list(rng.integers(1, 4000, size=2000))),
+        (3 * 64, 320),  # the grid falls 12 ms later in the speech
+        (5 * 64 + 7, 960),
+        (WINDOW - 1, list(rng.integers(1, 700, size=5000))),
+    ]:
+        got = cut(lead, chunks)
+        # the same start, to well within a sample (62.5 us)
+        assert [start for start, _ in got] == pytest.approx([s for s, _ in reference], abs=1e-5)
+        for (_, audio), (_, ref) in zip(got, reference, strict=True):
+            assert np.array_equal(audio, ref)
 
 
 def test_silence_and_a_click_are_not_utterances() -> None:

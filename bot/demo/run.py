@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bot.files import private_dir
 from bot.plugin import CallContext, Plugin
 
 NETNS_ADDR = "10.213.0.1"
@@ -37,13 +38,14 @@ def say(text: str) -> None:
 
 def main(data_dir: Path | None, keep: bool) -> int:
     """Run the demo; inside a private network namespace when root (re-executing itself)."""
+    from bot.demo.synapse import HOW_TO_INSTALL, synapse_python
     from bot.extras import missing_extras
 
-    needs = {"aiortc": "demo", "faster_whisper": "demo"}
-    if not os.environ.get("CALLBOT_SYNAPSE_PYTHON"):  # else Synapse runs from that Python
-        needs["synapse"] = "demo"
-    if missing := missing_extras(needs):
+    if missing := missing_extras({"aiortc": "devsfu", "faster_whisper": "transcriber"}):
         print(f"callbot demo {missing}", file=sys.stderr)
+        return 2
+    if not synapse_python().exists():  # Synapse runs from its own environment
+        print(f"callbot demo needs Synapse: {HOW_TO_INSTALL}", file=sys.stderr)
         return 2
     if os.geteuid() == 0 and "CALLBOT_DEMO_NETNS" not in os.environ and shutil.which("unshare"):
         args = [sys.executable, "-m", "bot", "demo"]
@@ -56,7 +58,7 @@ def main(data_dir: Path | None, keep: bool) -> int:
     else:
         address = os.environ.get("CALLBOT_NETNS_ADDRS", "").split(",")[0] or _own_address()
     folder = data_dir or Path(tempfile.mkdtemp(prefix="callbot-demo-"))
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(folder)
     return asyncio.run(_demo(folder, address))
 
 
@@ -150,8 +152,7 @@ async def _demo(folder: Path, address: str) -> int:
     from bot.log import setup_logging
 
     setup_logging(os.environ.get("CALLBOT_DEMO_LOG_LEVEL", "ERROR"))
-    python = os.environ.get("CALLBOT_SYNAPSE_PYTHON")
-    synapse = Synapse(folder / "synapse", Path(python) if python else None)
+    synapse = Synapse(folder / "synapse")  # from its own environment (synapse_python)
     cleanup: list[Callable[[], Awaitable[None]]] = []
     try:
         say("starting a throwaway Synapse")

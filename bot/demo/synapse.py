@@ -1,8 +1,9 @@
 """A throwaway Synapse on 127.0.0.1 for the demo and the tests: SQLite, a free port, MatrixRTC
 features on (delayed events, sticky events, /rtc/transports), rate limits out of the way.
 
-It runs with the Python given (the tests use their own Synapse environment) or, by default,
-this one: ``pip install 'matrix-callbot[demo]'`` installs Synapse here.
+Synapse runs from its own virtual environment, never the bot's: its exact pins would clash
+with ours. ``synapse_python()`` finds it: ``CALLBOT_SYNAPSE_PYTHON``, else ``.venv-synapse`` in
+the checkout (``scripts/demo.sh`` and ``scripts/test.sh`` install it there).
 """
 
 from __future__ import annotations
@@ -10,17 +11,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from bot.files import private_dir, write_private
 
 SERVER_NAME = "localhost"
+#: what scripts/_env.sh installs into .venv-synapse
+SYNAPSE_VERSION = "1.163.2"
+#: the checkout this module is in (an editable install, as the scripts make)
+CHECKOUT = Path(__file__).resolve().parents[2]
+HOW_TO_INSTALL = (
+    "Synapse runs from its own virtual environment: scripts/demo.sh makes it "
+    f"(.venv-synapse), or by hand: python3 -m venv .venv-synapse && "
+    f".venv-synapse/bin/pip install matrix-synapse=={SYNAPSE_VERSION}; "
+    "CALLBOT_SYNAPSE_PYTHON=/path/to/bin/python names another"
+)
+
+
+def synapse_python() -> Path:
+    """The Python that runs Synapse: ``$CALLBOT_SYNAPSE_PYTHON`` or the checkout's
+    ``.venv-synapse`` (whether it exists is checked by ``Synapse.start``)."""
+    env = os.environ.get("CALLBOT_SYNAPSE_PYTHON")
+    return Path(env) if env else CHECKOUT / ".venv-synapse" / "bin" / "python"
 
 
 def free_port() -> int:
@@ -101,9 +122,17 @@ class Account:
 
 
 class Synapse:
-    def __init__(self, directory: Path, python: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        python: Path | None = None,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
         self.dir = directory
-        self.python = python or Path(sys.executable)
+        self.python = python or synapse_python()
+        # Top-level keys that replace the generated ones (e.g. the federation tests'): a second
+        # config file, which Synapse merges over the first key by key. Set before start().
+        self.extra_config: dict[str, Any] = dict(extra_config or {})
         self._secret = secrets.token_hex(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -113,27 +142,32 @@ class Synapse:
     def start(self, timeout_s: float = 60.0) -> None:
         py = self.python
         if not py.exists():
-            raise RuntimeError(f"no Python at {py} to run Synapse with")
+            raise RuntimeError(f"no Python at {py} to run Synapse with. {HOW_TO_INSTALL}")
         check = subprocess.run([str(py), "-c", "import synapse"], capture_output=True)
         if check.returncode != 0:
-            raise RuntimeError(
-                f"Synapse is not installed for {py}: pip install 'matrix-callbot[demo]'"
-            )
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            raise RuntimeError(f"Synapse is not installed for {py}. {HOW_TO_INSTALL}")
+        private_dir(self.dir)
         cfg = self.dir / "homeserver.yaml"
-        cfg.write_text(_homeserver_yaml(self.dir, self.port, self._secret))
-        (self.dir / "log.config").write_text(
-            _LOG_CONFIG.replace("LOGFILE", str(self.dir / "homeserver.log"))
+        write_private(cfg, _homeserver_yaml(self.dir, self.port, self._secret))  # its secrets
+        write_private(
+            self.dir / "log.config",
+            _LOG_CONFIG.replace("LOGFILE", str(self.dir / "homeserver.log")),
         )
-        subprocess.run(
-            [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg), "--generate-keys"],
-            check=True,
-            capture_output=True,
-            cwd=self.dir,
-        )
+        configs = ["-c", str(cfg)]
+        if self.extra_config:
+            extra = self.dir / "extra.yaml"
+            extra.write_text(json.dumps(self.extra_config))  # JSON is YAML
+            configs += ["-c", str(extra)]
+        if not (self.dir / "signing.key").exists():  # a restart, or a caller made one
+            subprocess.run(
+                [str(py), "-m", "synapse.app.homeserver", *configs, "--generate-keys"],
+                check=True,
+                capture_output=True,
+                cwd=self.dir,
+            )
         out = open(self.dir / "stdout.log", "wb")  # closed when the process ends
         self.proc = subprocess.Popen(
-            [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)],
+            [str(py), "-m", "synapse.app.homeserver", *configs],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=self.dir,

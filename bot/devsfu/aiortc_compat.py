@@ -234,22 +234,39 @@ def restart_connect(pc: RTCPeerConnection) -> None:
     spawn(pc._RTCPeerConnection__connect(), "restarting aiortc's connect step")
 
 
+# The addresses restrict_ice_to was given and not yet undone, one entry per call: two SFUs of
+# one process (the federation tests') each add theirs, and either may stop first.
+_ice_ips: list[str] = []
+_original_host_addresses: Callable[..., list[str]] | None = None
+
+
+def _restricted(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return list(dict.fromkeys(_ice_ips))
+
+
 def restrict_ice_to(ip: str) -> Callable[[], None]:
-    """Gather ICE host candidates on ``ip`` only; returns the function that undoes it.
+    """Gather ICE host candidates on ``ip`` only (and on the addresses of other calls not yet
+    undone); returns the function that undoes it.
 
     aioice offers no per-connection interface filter, so this replaces its module-level
     address lookup, process-wide.
     """
-    original = aioice.ice.get_host_addresses
-
-    def only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [ip]
-
-    aioice.ice.get_host_addresses = only
+    global _original_host_addresses
+    if not _ice_ips:
+        _original_host_addresses = aioice.ice.get_host_addresses
+        aioice.ice.get_host_addresses = _restricted
+    _ice_ips.append(ip)
+    done = False
 
     def undo() -> None:
-        if aioice.ice.get_host_addresses is only:
-            aioice.ice.get_host_addresses = original
+        nonlocal done
+        if done:
+            return
+        done = True
+        _ice_ips.remove(ip)
+        if not _ice_ips and _original_host_addresses is not None:
+            if aioice.ice.get_host_addresses is _restricted:
+                aioice.ice.get_host_addresses = _original_host_addresses
 
     return undo
 

@@ -85,11 +85,30 @@ class TokenAuthority:
             hidden=bool(video.hidden),
         )
 
-    def mint(self, identity: str, room: str, ttl: datetime.timedelta = TOKEN_TTL) -> str:
+    def mint(
+        self,
+        identity: str,
+        room: str,
+        ttl: datetime.timedelta = TOKEN_TTL,
+        *,
+        can_publish: bool = True,
+    ) -> str:
         """A token with the grants lk-jwt-service gives (join, publish, subscribe, own
-        metadata; no room creation)."""
+        metadata; no room creation); without ``can_publish``, what it gives users of other
+        homeservers than its full-access ones: the same, but subscribe-only."""
         with _short_keys_allowed():
-            return mint_token(self.api_key, self._secret, identity, room, ttl)
+            if can_publish:
+                return mint_token(self.api_key, self._secret, identity, room, ttl)
+            grants = api.VideoGrants(
+                room=room,
+                room_join=True,
+                room_create=False,
+                can_publish=False,
+                can_subscribe=True,
+                can_update_own_metadata=True,
+            )
+            token = api.AccessToken(self.api_key, self._secret).with_identity(identity)
+            return token.with_grants(grants).with_ttl(ttl).to_jwt()
 
 
 def bearer_token(request: web.Request) -> str:

@@ -1,8 +1,8 @@
 """The MatrixRTC authorization service (lk-jwt-service): ``POST /sfu/get`` and ``/get_token``.
 
-A client proves who it is with an OpenID token from its homeserver and gets a LiveKit token
-for the identity and room that every other MatrixRTC client will expect
-(shared/docs/matrixrtc-protocol.md §4.5, §5):
+A client proves who it is with an OpenID token from its homeserver and gets a LiveKit token for
+the identity and room that every other MatrixRTC client will expect (element-hq/lk-jwt-service
+``handler.go``, ``helper.go``):
 
 - ``/sfu/get`` (legacy memberships): identity ``{user_id}:{device_id}``, room = alias of
   ``[room, "m.call#ROOM"]``.
@@ -11,31 +11,37 @@ for the identity and room that every other MatrixRTC client will expect
 
 Requests are decoded the way the Go service decodes them (unknown fields and wrong types are
 400 M_NOT_JSON), validated in its order and answered with its error codes. The OpenID token is
-checked at the configured homeserver's federation ``openid/userinfo``, and the user it names
-must belong to ``matrix_server_name``. It creates no rooms. ``/delegate_delayed_leave``
-takes over the delayed leave of a member of the configured homeserver (its "full access"
-users; others get lk-jwt-service's M_FORBIDDEN) and watches it as lk-jwt-service does
-(``bot.devsfu.delegation``); the older delay fields of the token requests stay refused.
+checked at the federation ``openid/userinfo`` of the homeserver it names (``userinfo``), and the
+user it names must belong to ``matrix_server_name``.
+
+Access follows ``LIVEKIT_FULL_ACCESS_HOMESERVERS``: users of the "full access" homeservers (by
+default the service's own; ``*`` for all) get a token that may publish, and their request
+creates the LiveKit room; users of other homeservers get a subscribe-only token for a room that
+one of the service's own users must have created (lk-jwt-service #222 "Only allow full-access
+and local users to publish", and #238). ``/delegate_delayed_leave`` takes over the delayed
+leave of a full-access user (others get lk-jwt-service's M_FORBIDDEN) and watches it as
+lk-jwt-service does (``bot.devsfu.delegation``); the older delay fields of the token requests
+stay refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bot.devsfu.auth import TokenAuthority
 from bot.devsfu.delegation import DelayedLeaves, Job, Presence
+from bot.devsfu.userinfo import OpenIdRefused, OpenIdVerifier
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 
 log = logging.getLogger(__name__)
 
 LEGACY_SLOT_ID = "m.call#ROOM"  # /sfu/get predates slots; the service hard-codes this one
-USERINFO_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -153,12 +159,33 @@ class JwtService:
         homeserver: str,
         authority: TokenAuthority,
         livekit_url: Callable[[web.Request], str],
+        *,
+        server_name: str | None = None,
+        full_access_homeservers: Sequence[str] | None = None,
+        federation_tls: ssl.SSLContext | None = None,
+        create_room: Callable[[str], None] | None = None,
         present: Presence = lambda room, identity: False,
     ) -> None:
+        """``server_name``: the own homeserver's, checked at ``homeserver``; others over
+        federation, trusting ``federation_tls``'s CAs. ``full_access_homeservers`` defaults to
+        ``[server_name]``, or to everyone (``*``) for a service not told its server name.
+        ``create_room`` is called with the LiveKit room of each full-access token;
+        ``present`` says whether an identity is on the SFU (for delegated delayed leaves)."""
         self.homeserver = homeserver.rstrip("/")
         self.authority = authority
         self._livekit_url = livekit_url
+        self._verifier = OpenIdVerifier(self.homeserver, server_name, federation_tls)
+        if full_access_homeservers is None:
+            full_access_homeservers = [server_name] if server_name else ["*"]
+        self.full_access_homeservers = tuple(full_access_homeservers)
+        self._create_room = create_room
         self.delayed_leaves = DelayedLeaves(present)
+
+    def is_full_access(self, matrix_server_name: str) -> bool:
+        # As the Go service's isFullAccessUser: "*" as the only entry means everyone.
+        if self.full_access_homeservers == ("*",):
+            return True
+        return matrix_server_name in self.full_access_homeservers
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/sfu/get", self.sfu_get)
@@ -167,29 +194,22 @@ class JwtService:
 
     async def _user_id(self, token: dict[str, Any]) -> str:
         """The Matrix user the OpenID token belongs to, as its homeserver says."""
-        url = f"{self.homeserver}/_matrix/federation/v1/openid/userinfo"
         try:
-            async with (
-                aiohttp.ClientSession(timeout=USERINFO_TIMEOUT) as http,
-                http.get(url, params={"access_token": token["access_token"]}) as resp,
-            ):
-                if resp.status != 200:
-                    log.info("OpenID token refused by the homeserver (HTTP %d)", resp.status)
-                    raise _unauthorized()
-                info = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            log.warning("OpenID userinfo request failed: %s", e)
+            return await self._verifier.user_id(token)
+        except OpenIdRefused as e:
+            log.info("OpenID token refused: %s", e)
             raise _unauthorized() from e
-        sub = info.get("sub") if isinstance(info, dict) else None
-        # As gomatrixserverlib's LookupUserInfo: the user must be on the named server.
-        if not isinstance(sub, str) or sub.partition(":")[2] != token["matrix_server_name"]:
-            log.info("OpenID user %r is not on %r", sub, token["matrix_server_name"])
-            raise _unauthorized()
-        return sub
 
-    def _answer(self, request: web.Request, identity: str, room: str) -> web.Response:
-        jwt = self.authority.mint(identity, room)
-        log.info("issued a token for %s in room %s", identity, room)
+    def _answer(
+        self, request: web.Request, identity: str, room: str, server_name: str
+    ) -> web.Response:
+        full = self.is_full_access(server_name)
+        if full and self._create_room is not None:
+            self._create_room(room)  # the Go service's CreateLiveKitRoom, before the token
+        jwt = self.authority.mint(identity, room, can_publish=full)
+        log.info(
+            "issued a %s token for %s in room %s", "full" if full else "restricted", identity, room
+        )
         body = {"url": self._livekit_url(request), "jwt": jwt}
         return web.json_response(body, headers=CORS_HEADERS)
 
@@ -216,7 +236,8 @@ class JwtService:
             user_id = await self._user_id(token)
             _refuse_delegation(body)
             identity = legacy_identity(user_id, body["device_id"])
-            return self._answer(request, identity, livekit_room_alias(body["room"], LEGACY_SLOT_ID))
+            room = livekit_room_alias(body["room"], LEGACY_SLOT_ID)
+            return self._answer(request, identity, room, token["matrix_server_name"])
         except MatrixError as e:
             return _error_response(e)
 
@@ -252,7 +273,7 @@ class JwtService:
             _refuse_delegation(body)
             identity = hashed_identity(user_id, member["claimed_device_id"], member["id"], go=True)
             room = livekit_room_alias(body["room_id"], body["slot_id"])
-            return self._answer(request, identity, room)
+            return self._answer(request, identity, room, token["matrix_server_name"])
         except MatrixError as e:
             return _error_response(e)
 
@@ -290,8 +311,14 @@ class JwtService:
             user_id = await self._user_id(token)
             if member["claimed_user_id"] != user_id:
                 raise _unauthorized()
-            # The service resolves the CS API from the server name (not delay_cs_api_url);
-            # here that is the one homeserver it checks OpenID tokens at.
+            if not self.is_full_access(token["matrix_server_name"]):
+                raise MatrixError(
+                    403,
+                    "M_FORBIDDEN",
+                    "Delegation of delayed events is only supported for full access users",
+                )
+            # The Go service resolves the CS API from the server name (not delay_cs_api_url);
+            # here that is the one homeserver this service belongs to.
             identity = hashed_identity(user_id, member["claimed_device_id"], member["id"], go=True)
             self.delayed_leaves.add(
                 Job(

@@ -8,6 +8,8 @@ Routes:
   carry CORS headers: livekit-client in a browser falls back only if it can read that 404.
 - ``GET /rtc/validate``: 200 for a good token, 401 otherwise (the SDKs' diagnostics).
 - ``POST /sfu/get``, ``POST /get_token``: the MatrixRTC JWT service (with a homeserver).
+  With ``auto_create=False`` (what lk-jwt-service's README asks of LiveKit), only rooms its
+  full-access tokens created can be joined.
 - ``GET /debug/stats``: rooms, per-track packet counters, forwarding latency, CPU time.
 - ``GET /healthz``.
 """
@@ -20,7 +22,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -40,11 +43,16 @@ from bot.devsfu.jwt_service import JwtService
 from bot.devsfu.participant import Participant
 from bot.devsfu.room import Room
 from bot.devsfu.signalling import SignalSettings, disconnect, refuse_resume, run_session
+from bot.devsfu.userinfo import federation_tls
 
 log = logging.getLogger(__name__)
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 WILDCARDS = ("", "0.0.0.0", "::")  # noqa: S104 - compared against, not bound to
+# What lk-jwt-service's CreateLiveKitRoom asks for: a room nobody joins closes after 300 s, and
+# one everybody left after 20 s.
+EMPTY_TIMEOUT_S = 300.0
+DEPARTURE_TIMEOUT_S = 20.0
 
 
 class DevSfu:
@@ -62,11 +70,21 @@ class DevSfu:
         api_key: str = DEFAULT_API_KEY,
         api_secret: str = DEFAULT_API_SECRET,
         homeserver: str | None = None,
+        server_name: str | None = None,
+        full_access_homeservers: Sequence[str] | None = None,
+        federation_ca: Path | str | None = None,
+        auto_create: bool = True,
         ice_ip: str | None = None,
         signal_settings: SignalSettings | None = None,
     ) -> None:
+        """``homeserver``: the JWT service's own homeserver's base URL (no JWT service
+        without one); ``server_name``, ``full_access_homeservers`` and ``federation_ca`` (the
+        CA file federation TLS must chain to; default the system's): see
+        :class:`~bot.devsfu.jwt_service.JwtService`."""
         self.authority = TokenAuthority(api_key, api_secret)
         self.homeserver = homeserver
+        self.auto_create = auto_create
+        self.created: dict[str, float] = {}  # room -> monotonic time it closes unless joined
         self.ice_ip = ice_ip
         self.signal_settings = signal_settings or SignalSettings()
         self.rooms: dict[str, Room] = {}
@@ -86,7 +104,16 @@ class DevSfu:
         r.add_get("/", self._ok)
         self.jwt: JwtService | None = None
         if homeserver:
-            self.jwt = JwtService(homeserver, self.authority, self._livekit_url, self._present)
+            self.jwt = JwtService(
+                homeserver,
+                self.authority,
+                self._livekit_url,
+                server_name=server_name,
+                full_access_homeservers=full_access_homeservers,
+                federation_tls=federation_tls(str(federation_ca) if federation_ca else None),
+                create_room=self.create_room,
+                present=self._present,
+            )
             self.jwt.add_routes(self.app)
 
     # -- life cycle -----------------------------------------------------------------------
@@ -154,6 +181,17 @@ class DevSfu:
             if identity is None or p.identity == identity
         ]
 
+    def create_room(self, name: str) -> None:
+        """Open a room for joining (LiveKit's CreateRoom), as the JWT service does for
+        full-access users; only matters without ``auto_create``."""
+        if name not in self.rooms:
+            self.created[name] = time.monotonic() + EMPTY_TIMEOUT_S
+
+    def _may_join(self, name: str) -> bool:
+        if self.auto_create or name in self.rooms:
+            return True
+        return self.created.get(name, 0.0) > time.monotonic()
+
     async def drop_signalling(self, identity: str) -> None:
         """Close the signalling websocket of ``identity`` without a LeaveRequest, as a network
         failure would: the client is expected to reconnect."""
@@ -187,6 +225,10 @@ class DevSfu:
         except TokenError as e:
             log.warning("refused a connection: %s", e)
             return web.Response(status=401, text=str(e), headers=CORS)
+        if not self._may_join(grant.room):
+            # livekit-server with room.auto_create off: ErrRoomNotFound, HTTP 404.
+            log.warning("refused %s: room %s does not exist", grant.identity, grant.room)
+            return web.Response(status=404, text="requested room does not exist", headers=CORS)
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
         await ws.prepare(request)
         if request.query.get("reconnect") in ("1", "true"):
@@ -218,6 +260,7 @@ class DevSfu:
     def _forget_room(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self.created[room.name] = time.monotonic() + DEPARTURE_TIMEOUT_S
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -253,12 +296,24 @@ async def serve(
     homeserver: str | None,
     api_key: str = DEFAULT_API_KEY,
     api_secret: str = DEFAULT_API_SECRET,
+    server_name: str | None = None,
+    full_access_homeservers: Sequence[str] | None = None,
+    federation_ca: str | None = None,
+    auto_create: bool = True,
 ) -> None:
     """Run a DevSfu until SIGINT or SIGTERM; then clients are told the server shuts down."""
     # aiortc and aioice log every packet at DEBUG, which costs more CPU than forwarding.
     for name in ("aiortc", "aioice"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    sfu = DevSfu(api_key=api_key, api_secret=api_secret, homeserver=homeserver)
+    sfu = DevSfu(
+        api_key=api_key,
+        api_secret=api_secret,
+        homeserver=homeserver,
+        server_name=server_name,
+        full_access_homeservers=full_access_homeservers,
+        federation_ca=federation_ca,
+        auto_create=auto_create,
+    )
     await sfu.start(host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """Client-server API calls nio 0.26 does not offer: delayed events (MSC4140), state events
 with a delay, unstable feature flags, and the MatrixRTC transports endpoint (MSC4143).
 
-Paths and fallbacks follow what matrix-js-sdk sends (shared/docs/matrixrtc-protocol.md §3.1).
+Paths and fallbacks follow what matrix-js-sdk sends (``src/client.ts``,
+``src/@types/requests.ts``).
 """
 
 from __future__ import annotations

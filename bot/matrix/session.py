@@ -19,6 +19,7 @@ import simplematrixbotlib as botlib
 
 from bot.config import MatrixConfig
 from bot.errors import LoginError
+from bot.files import private_dir, private_file
 from bot.log import register_secret
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ async def login(cfg: MatrixConfig, data_dir: Path) -> nio.AsyncClient:
         raise LoginError("end-to-end encryption is unavailable: install matrix-nio[e2e]")
     for secret in (cfg.password, cfg.access_token):
         register_secret(secret)
-    data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    private_dir(data_dir)
     session_file, store = session_paths(data_dir)
-    store.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    # 0700 before nio opens its database in it (created with the umask's mode, fixed below).
+    make_private(private_dir(store))
     await _check_homeserver(cfg.homeserver)
 
     try:
@@ -103,6 +105,7 @@ async def _login_once(cfg: MatrixConfig, session_file: Path, store: Path) -> nio
         raise LoginError(f"login as {cfg.user_id} failed: {_describe(e)}") from None
     client = api.async_client
     register_secret(client.access_token)
+    private_file(session_file)  # simplematrixbotlib opens it with "w", which keeps the mode
     creds.session_write_file()
     return client
 

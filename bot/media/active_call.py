@@ -17,6 +17,7 @@ from typing import Protocol
 
 from bot.log import context
 from bot.media.router import FrameRouter
+from bot.media.worker import PluginWorker
 from bot.plugin import CallContext, Plugin
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class ActiveCall:
         media: Media,
         router: FrameRouter,
         plugins: list[Plugin],
-        make_context: Callable[[], CallContext],
+        make_context: Callable[[PluginWorker], CallContext],
         notify: Callable[[str], Awaitable[object]],
         describe_error: Callable[[Exception], str] = lambda e: f"{type(e).__name__}",
     ) -> None:
@@ -73,6 +74,8 @@ class ActiveCall:
         self._notify = notify
         self._describe = describe_error
         self._started: list[Plugin] = []
+        #: each plugin's own threads and tasks (bot.media.worker), ended after its on_call_end
+        self.workers = {id(p): PluginWorker(p.name) for p in plugins}
         self._stopping = False
         self._connecting = False
         self._task: asyncio.Task[None] | None = None
@@ -117,13 +120,12 @@ class ActiveCall:
         self.state.connected = True
         if self.state.attempts:
             await self._tell("I can hear the call now.")
-        call = self._make_context()
         for plugin in self.plugins:
             if self._stopping:
                 return
             self._started.append(plugin)  # ended by stop() even if its start fails halfway
             try:
-                await plugin.on_call_start(call)
+                await plugin.on_call_start(self._make_context(self.workers[id(plugin)]))
             except Exception:
                 log.exception("plugin %s failed to start", plugin.name, extra=self._ctx)
 
@@ -146,6 +148,8 @@ class ActiveCall:
                 await plugin.on_call_end()
             except Exception:
                 log.exception("plugin %s failed to stop", plugin.name, extra=self._ctx)
+        for worker in self.workers.values():
+            await worker.close()
         await self.media.stop()
 
     async def _tell(self, text: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -16,6 +16,7 @@ from bot.media.active_call import ActiveCall
 from bot.media.engine import CallMedia
 from bot.media.outputs import AudioOutput, VideoOutput
 from bot.media.router import FrameRouter, PluginRunner
+from bot.media.worker import PluginWorker
 from bot.plugin import Participant, Plugin
 from bot.rtc.focus import SfuAccess
 from bot.rtc.manager import MatrixRTCSessionManager
@@ -39,8 +40,10 @@ class Call:
         optouts: OptOuts,
         files_dir: Path,
         folder: CallFolder | None = None,
+        worker: PluginWorker | None = None,
     ) -> None:
         self._matrix = matrix
+        self._worker = worker or PluginWorker("call")
         self._optouts = optouts
         self.files_dir = files_dir
         folder = folder or CallFolder(time.strftime(FOLDER_TIME, time.gmtime()))
@@ -86,7 +89,10 @@ class Call:
         return await self._media.publish_audio(name, sample_rate, channels)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
+        return await self._worker.run_blocking(fn, *args)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        return self._worker.spawn(coro, name)
 
 
 class CallMediaManager:
@@ -141,6 +147,8 @@ class CallMediaManager:
                 f"  media: lost the SFU connection; {media.reconnect_failures} reconnection "
                 "attempts failed so far, retrying"
             )
+        if media is not None:
+            lines.extend(media.sfu_lines())
         if media is not None and media.unresolved:
             lines.append(
                 f"  {media.unresolved} LiveKit participant(s) without a call membership: "
@@ -228,12 +236,20 @@ class CallMediaManager:
             room = self.matrix.nio.rooms.get(session.room_id)
             return room.user_name(user_id) if room is not None else None
 
-        media = CallMedia(session, router, access, notify, display_name=display_name)
+        media = CallMedia(
+            session,
+            router,
+            access,
+            notify,
+            display_name=display_name,
+            remote_access=lambda use: session.remote_sfu_access(use.transport, use.server_name),
+            describe_error=_describe_error,
+        )
 
-        def make_context() -> Call:
+        def make_context(worker: PluginWorker) -> Call:
             folder = self.call_folder(session.room_id) if self.call_folder is not None else None
             files_dir = self.files_dir(session.room_id)
-            return Call(self.matrix, session, media, self.optouts, files_dir, folder)
+            return Call(self.matrix, session, media, self.optouts, files_dir, folder, worker)
 
         plugins = [factory() for factory in factories]
         return ActiveCall(

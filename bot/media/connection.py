@@ -1,17 +1,21 @@
 """The bot's LiveKit connection for one call, with end-to-end encryption as Element Call has it.
 
 Keys: ``KeyProviderOptions(key_derivation_function=HKDF, key_ring_size=256,
-ratchet_window_size=10, failure_tolerance=10)`` (shared/docs/livekit-python.md §3.3; the SDK's
-default PBKDF2 does not interoperate). Each member's key is installed under its LiveKit
-identity; keys that arrive before the connection exists are kept and installed on connect.
-The SDK's sender cryptors stay at key index 0 whatever ``set_key`` says, so after every own
-key change (and after publishing a track) ours are moved to the current index.
+ratchet_window_size=10, failure_tolerance=10)`` (Element Call's
+``src/e2ee/matrixKeyProvider.ts`` and livekit client-sdk-js ``src/e2ee/utils.ts``
+``deriveKeys``; the SDK's default PBKDF2 does not interoperate). Each member's key is installed
+under its LiveKit identity. The keys live in one place, the call's key ring
+(``MatrixRTCSession``): a connection installs what the ring holds when it connects, and each
+new key as it comes. The SDK's sender cryptors stay at key index 0 whatever ``set_key`` says,
+so after every own key change (and after publishing a track) ours are moved to the current
+index.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 from livekit import rtc
 
@@ -31,19 +35,34 @@ E2EE = rtc.E2EEOptions(
 )
 
 
+class RingKey(Protocol):
+    @property
+    def key(self) -> MediaKey: ...
+
+    @property
+    def identity(self) -> str: ...
+
+
+class KeyRing(Protocol):
+    """Where a call's media keys are kept (bot.rtc.session.MatrixRTCSession)."""
+
+    def current_keys(self) -> Iterable[RingKey]: ...
+
+
 class MediaConnection:
     def __init__(
         self,
         room_id: str,
         get_access: Callable[[], Awaitable[SfuAccess]],
-        on_new_room: Callable[[rtc.Room], None] = lambda room: None,
+        on_new_room: Callable[[rtc.Room], None],
+        ring: KeyRing,
     ) -> None:
         self.room_id = room_id
         self._get_access = get_access
         self._on_new_room = on_new_room
+        self._ring = ring
         self.room = rtc.Room()
         self.access: SfuAccess | None = None
-        self._keys: dict[tuple[str, int], bytes] = {}
         self._own_index: int | None = None
         self._ctx = context(room=room_id)
 
@@ -64,8 +83,8 @@ class MediaConnection:
         # Subscriptions are the engine's choice: only the kinds some plugin wants.
         options = rtc.RoomOptions(auto_subscribe=False, e2ee=E2EE)
         await self.room.connect(self.access.url, self.access.jwt, options)
-        for (identity, index), key in self._keys.items():
-            self._install(identity, key, index)
+        for change in self._ring.current_keys():
+            self._install(change.identity, change.key.key, change.key.index)
         self._point_own_cryptors()
         log.info("connected to the SFU as %s", self.access.identity, extra=self._ctx)
 
@@ -81,7 +100,6 @@ class MediaConnection:
 
     def set_key(self, identity: str, key: MediaKey, own: bool) -> None:
         """Install a member's key (``own``: ours, and start encrypting with its index)."""
-        self._keys[(identity, key.index)] = key.key
         if own:
             self._own_index = key.index
         if self.room.isconnected():

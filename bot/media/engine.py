@@ -1,5 +1,9 @@
-"""One call's media: the LiveKit connection, subscribed tracks turned into plugin frames,
+"""One call's media: the LiveKit connections, subscribed tracks turned into plugin frames,
 participant events, and published outputs.
+
+The bot publishes on its own SFU (``connection``) and subscribes to every other SFU that
+members publish on (``sfus``, bot.media.sfus: federated calls, Element Call's multi-SFU); the
+plugins see one call whatever SFU each participant is on.
 
 Only what plugins asked for is produced: for every remote audio track there is one
 ``AudioStream`` per distinct ``AudioWants`` (the SDK resamples and frames it), and none when
@@ -13,7 +17,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import numpy as np
 from livekit import rtc
@@ -23,6 +28,8 @@ from bot.media.clock import StreamClock
 from bot.media.connection import MediaConnection
 from bot.media.outputs import AudioOutput, VideoOutput
 from bot.media.router import FrameRouter
+from bot.media.sfus import RemoteSfus, SfuUse, sfus_in_use, transport_key
+from bot.outbound import display_host
 from bot.plugin import (
     AudioFrame,
     AudioWants,
@@ -34,8 +41,11 @@ from bot.plugin import (
     VideoWants,
 )
 from bot.rtc.focus import SfuAccess
+from bot.rtc.membership import CallMembership
 from bot.rtc.session import EncryptionKeyChanged, MatrixRTCSession, MembershipsChanged
 
+#: the key of the bot's own connection among the call's SFU connections
+OWN = ""
 #: a participant's frame pump that fails is started again this many times, this long apart
 PUMP_RESTARTS = 5
 PUMP_RESTART_DELAY_S = 1.0
@@ -78,6 +88,8 @@ class CallMedia:
         notify: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         display_name: Callable[[str], str | None] = lambda user_id: None,
+        remote_access: Callable[[SfuUse], Awaitable[SfuAccess]] | None = None,
+        describe_error: Callable[[Exception], str] = lambda e: type(e).__name__,
     ) -> None:
         self.session = session
         self._display_name = display_name
@@ -88,7 +100,18 @@ class CallMedia:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._notice_tasks: set[asyncio.Task[None]] = set()
         self.router = router
-        self.connection = MediaConnection(session.room_id, get_access, self._attach)
+        self.connection = MediaConnection(
+            session.room_id, get_access, functools.partial(self._attach, OWN), session
+        )
+        self.sfus = RemoteSfus(
+            session.room_id,
+            remote_access or _no_remote_access,
+            self._attach,
+            self._remote_connected,
+            session,
+            self._spawn_notice,
+            describe_error,
+        )
         self._stopping = False
         self._attempted = False
         self._reconnecting: asyncio.Task[None] | None = None
@@ -98,7 +121,12 @@ class CallMedia:
         self.pump_failures = 0
         self._clock = clock
         self._t0 = clock()
-        self._streams: dict[tuple[str, str], list[asyncio.Task[None]]] = {}
+        #: (connection key, LiveKit identity, track sid) -> frame pumps
+        self._streams: dict[tuple[str, str, str], list[asyncio.Task[None]]] = {}
+        #: LiveKit identity -> the connections they are in (one JOINED/LEFT across SFUs)
+        self._present: dict[str, set[str]] = {}
+        #: other SFUs whose connection dropped and is not back yet
+        self._lost: set[str] = set()
         #: per LiveKit identity: when they were last loud (None: not speaking)
         self._speaking: dict[str, float] = {}
         self._outputs: list[AudioOutput | VideoOutput] = []
@@ -122,7 +150,65 @@ class CallMedia:
         else:
             self._attempted = True
             await self.connection.connect()
-        self._subscribe_existing()
+        self._subscribe_existing(OWN, self.connection.room)
+        self._update_sfus()
+
+    def rooms(self) -> list[tuple[str, rtc.Room]]:
+        """Every connected LiveKit room of the call: ours first, then the other SFUs'."""
+        own = [(OWN, self.connection.room)] if self.connection.connected else []
+        return own + [(k, c.room) for k, c in self.sfus.connections() if c.connected]
+
+    def _update_sfus(self) -> None:
+        if self.connection.access is None:
+            return  # not connected yet: start() does it
+        me = (self.session.client.user_id, self.session.client.device_id)
+        own = transport_key(self.connection.access.transport)
+        self.sfus.update(sfus_in_use(self.session.memberships, me, own))
+
+    def _remote_connected(self, key: str, room: rtc.Room) -> None:
+        self._subscribe_existing(key, room)
+        sfu = self.sfus.sfus.get(key)
+        if sfu is not None and key in self._lost:
+            self._lost.discard(key)
+            self.router.push_event(ConnectionChange(True, self.now(), "reconnected", sfu.use.host))
+
+    def _remote_lost(self, key: str, reason: object) -> None:
+        """Another SFU of the call dropped for good: the media of those who publish there is
+        missing until it is back (plugins are told whose)."""
+        sfu = self.sfus.sfus.get(key)
+        if sfu is None or sfu.closing or self._stopping:
+            return
+        self._lost.add(key)
+        who = tuple(
+            p
+            for m in sfu.use.members
+            if (p := self.participant(m.rtc_backend_identity)) is not None
+        )
+        self.router.push_event(
+            ConnectionChange(False, self.now(), f"lost: {reason}", sfu.use.host, who)
+        )
+        self._spawn_task(self._stop_streams(key))
+        self.sfus.dropped(key)
+
+    def sfu_lines(self) -> list[str]:
+        """The other SFUs of the call and who publishes on each (for !status)."""
+
+        def name(m: CallMembership) -> str:
+            return self._display_name(m.user_id) or m.user_id
+
+        others = self.sfus.lines(name)
+        access = self.connection.access
+        if not others or access is None:
+            return others
+        own = transport_key(access.transport)
+        here = [
+            name(m)
+            for m in self.session.memberships
+            if transport_key(m.transport(self.session.memberships[0])) == own
+        ]
+        host = display_host(str(access.transport.get("livekit_service_url", "")))
+        state = "connected" if self.connection.connected else "not connected"
+        return [f"  SFU {host} (mine, I publish here): {state}; {', '.join(here)}", *others]
 
     def _wants(self, kind: int) -> bool:
         if kind == rtc.TrackKind.KIND_AUDIO:
@@ -135,19 +221,23 @@ class CallMedia:
         if self._wants(publication.kind):
             publication.set_subscribed(True)
 
-    def _subscribe_existing(self) -> None:
-        for remote in self.connection.room.remote_participants.values():
+    def _subscribe_existing(self, key: str, room: rtc.Room) -> None:
+        for remote in room.remote_participants.values():
+            self._mark_present(key, remote.identity)
             for publication in remote.track_publications.values():
                 self._on_track_published(publication, remote)
 
-    def _attach(self, room: rtc.Room) -> None:
-        """Listen to a (new) LiveKit room object."""
-        room.on("disconnected", self._on_disconnected)
+    def _attach(self, key: str, room: rtc.Room) -> None:
+        """Listen to a (new) LiveKit room object of connection ``key``."""
+        if key == OWN:
+            room.on("disconnected", self._on_disconnected)
+        else:
+            room.on("disconnected", functools.partial(self._remote_lost, key))
         room.on("track_published", self._on_track_published)
-        room.on("track_subscribed", self._on_track_subscribed)
-        room.on("track_unsubscribed", self._on_track_unsubscribed)
-        room.on("participant_connected", self._on_participant(ParticipantChange.JOINED))
-        room.on("participant_disconnected", self._on_participant(ParticipantChange.LEFT))
+        room.on("track_subscribed", functools.partial(self._on_track_subscribed, key))
+        room.on("track_unsubscribed", functools.partial(self._on_track_unsubscribed, key))
+        room.on("participant_connected", self._on_participant(key, ParticipantChange.JOINED))
+        room.on("participant_disconnected", self._on_participant(key, ParticipantChange.LEFT))
         room.on("track_muted", self._on_mute(ParticipantChange.MUTED))
         room.on("track_unmuted", self._on_mute(ParticipantChange.UNMUTED))
         room.on("e2ee_state_changed", self._on_e2ee_state)
@@ -163,14 +253,16 @@ class CallMedia:
         for output in self._outputs:
             await output.close()
         await self._stop_streams()
+        await self.sfus.stop()
         await self.connection.close()
 
-    async def _stop_streams(self) -> None:
-        tasks = [t for ts in self._streams.values() for t in ts]
+    async def _stop_streams(self, key: str | None = None) -> None:
+        """Stop the frame pumps of connection ``key`` (None: of all)."""
+        ids = [k for k in self._streams if key is None or k[0] == key]
+        tasks = [t for k in ids for t in self._streams.pop(k)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._streams.clear()
 
     # ------------------------------------------------------------------ reconnecting
 
@@ -183,13 +275,13 @@ class CallMedia:
 
     async def _reconnect(self) -> None:
         """New connection, same plugins: their queues and state carry on."""
-        await self._stop_streams()
+        await self._stop_streams(OWN)
         delay = 0.5
         self.reconnect_failures = 0
         while not self._stopping:
             try:
                 await self.connection.reconnect()
-                self._subscribe_existing()
+                self._subscribe_existing(OWN, self.connection.room)
                 for output in self._outputs:
                     await output.publish(self.connection.room)
                 self.connection.own_tracks_published()
@@ -244,12 +336,13 @@ class CallMedia:
     def _on_memberships(self, change: MembershipsChanged) -> None:
         before = set(self._members)
         self._members = {m.rtc_backend_identity: m for m in change.new}
-        room = self.connection.room if self.connection.connected else None
-        if room is None:
-            return
+        self._update_sfus()
         # Someone connected before their membership synced joins now, for the plugins.
         for identity in set(self._members) - before:
-            remote = room.remote_participants.get(identity)
+            remote = next(
+                (r for _, room in self.rooms() if (r := room.remote_participants.get(identity))),
+                None,
+            )
             if remote is not None and identity in self._unresolved:
                 who = self.participant(identity, remote.name)
                 if who is not None:
@@ -259,6 +352,8 @@ class CallMedia:
 
     def _on_key(self, change: EncryptionKeyChanged) -> None:
         self.connection.set_key(change.identity, change.key, change.own)
+        for _, connection in self.sfus.connections():
+            connection.set_key(change.identity, change.key, change.own)
 
     # ------------------------------------------------------------------ E2EE diagnostics
 
@@ -307,9 +402,11 @@ class CallMedia:
         self._spawn_notice(text)
 
     def _spawn_notice(self, text: str) -> None:
-        if self._notify is None:
-            return
-        task = asyncio.create_task(self._post_notice(text))
+        if self._notify is not None:
+            self._spawn_task(self._post_notice(text))
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._notice_tasks.add(task)
         task.add_done_callback(self._notice_tasks.discard)
 
@@ -324,6 +421,7 @@ class CallMedia:
 
     def _on_track_subscribed(
         self,
+        key: str,
         track: rtc.Track,
         publication: rtc.RemoteTrackPublication,
         remote: rtc.RemoteParticipant,
@@ -344,7 +442,7 @@ class CallMedia:
                 )
                 for wants in self.router.video_wants()
             ]
-        self._streams[(remote.identity, publication.sid)] = tasks
+        self._streams[(key, remote.identity, publication.sid)] = tasks
 
     def _supervise(
         self,
@@ -381,11 +479,12 @@ class CallMedia:
 
     def _on_track_unsubscribed(
         self,
+        key: str,
         track: rtc.Track,
         publication: rtc.RemoteTrackPublication,
         remote: rtc.RemoteParticipant,
     ) -> None:
-        for task in self._streams.pop((remote.identity, publication.sid), []):
+        for task in self._streams.pop((key, remote.identity, publication.sid), []):
             task.cancel()
 
     async def _pump_audio(
@@ -451,13 +550,38 @@ class CallMedia:
         finally:
             await stream.aclose()
 
-    def _on_participant(self, change: ParticipantChange) -> Callable[[rtc.RemoteParticipant], None]:
+    def _on_participant(
+        self, key: str, change: ParticipantChange
+    ) -> Callable[[rtc.RemoteParticipant], None]:
         def handler(remote: rtc.RemoteParticipant) -> None:
+            # Members are in the LiveKit room of every SFU of the call: plugins hear of
+            # their first arrival and of their last departure.
+            if change == ParticipantChange.JOINED:
+                if not self._mark_present(key, remote.identity):
+                    return
+            elif not self._mark_absent(key, remote.identity):
+                return
             who = self.participant(remote.identity, remote.name)
             if who is not None:
                 self.router.push_event(ParticipantEvent(change, who, self.now()))
 
         return handler
+
+    def _mark_present(self, key: str, identity: str) -> bool:
+        """True if ``identity`` was in none of the call's connections before."""
+        where = self._present.setdefault(identity, set())
+        first = not where
+        where.add(key)
+        return first
+
+    def _mark_absent(self, key: str, identity: str) -> bool:
+        """True if ``identity`` is now in none of the call's connections."""
+        where = self._present.get(identity, set())
+        where.discard(key)
+        if where:
+            return False
+        self._present.pop(identity, None)
+        return True
 
     def _on_mute(self, change: ParticipantChange) -> Callable[..., None]:
         def handler(participant: rtc.Participant, publication: rtc.TrackPublication) -> None:
@@ -490,3 +614,7 @@ class CallMedia:
         self._outputs.append(output)
         log.info("publishing audio track %s", name, extra=self._ctx)
         return output
+
+
+async def _no_remote_access(use: SfuUse) -> SfuAccess:
+    raise RuntimeError(f"no way to get a token for {use.host}")

@@ -116,6 +116,9 @@ class CallCommands:
         ):
             await ctx.reply("I will not join this room's call after all (I was waiting).")
             return
+        if not session.is_joined and await session.cancel_join():
+            await ctx.reply("I stopped joining this room's call.")
+            return
         if not session.is_joined:
             raise CommandError("I am not in this room's call.")
         if await session.leave(LEAVE_TIMEOUT_S):

@@ -1,11 +1,12 @@
 """Finding the call's SFU and getting a LiveKit token for it.
 
-Discovery (Element Call's order, shared/docs/matrixrtc-protocol.md §4.2): the configured
-service URL, the homeserver's ``/rtc/transports`` (MSC4143), then the legacy
-``org.matrix.msc4143.rtc_foci`` in ``.well-known/matrix/client``. Access: an OpenID token
-exchanged at the MatrixRTC authorization service (``/sfu/get`` for legacy memberships,
-``/get_token`` for sticky ones), or a token minted directly with the LiveKit key and secret,
-with the identity and room name the service would have used.
+Discovery (Element Call's order, its ``src/state/CallViewModel/localMember/LocalTransport.ts``
+and ``RtcTransportAutoDiscovery.ts``): the configured service URL, the homeserver's
+``/rtc/transports`` (MSC4143), then the legacy ``org.matrix.msc4143.rtc_foci`` in
+``.well-known/matrix/client``. Access: an OpenID token exchanged at the MatrixRTC authorization
+service (``/sfu/get`` for legacy memberships, ``/get_token`` for sticky ones), or a token
+minted directly with the LiveKit key and secret, with the identity and room name the service
+would have used.
 
 The focus of a call is chosen by whoever posted the oldest membership, so it is fetched only
 under the outbound policy (``bot.outbound``): a focus whose address is refused is skipped
@@ -152,15 +153,20 @@ async def _first_look(policy: OutboundPolicy, checked: CheckedUrl) -> bool:
     return True
 
 
-async def _trusted_service(client: nio.AsyncClient, service: str, policy: OutboundPolicy) -> None:
-    if policy.trusts_openid(service):
+async def _trusted_service(
+    client: nio.AsyncClient,
+    service: str,
+    policy: OutboundPolicy,
+    member_server: str | None = None,
+) -> None:
+    if policy.trusts_openid(service, member_server=member_server):
         return
     advertised = [str(t["livekit_service_url"]) for t in await own_transports(client)]
     if not policy.trusts_openid(service, advertised):
         raise OutboundError(
             f"{display_host(service)} is not a MatrixRTC authorization service I send my "
-            "OpenID token to (rtc.livekit_service_url, outbound.openid_services, or one my "
-            "homeserver advertises)",
+            "OpenID token to (rtc.livekit_service_url, outbound.openid_services, one my "
+            "homeserver advertises, or one on the homeserver of a member who publishes there)",
             display_host(service),
         )
 
@@ -186,9 +192,12 @@ async def sfu_access(
     *,
     member_id: str | None = None,
     slot_id: str = DEFAULT_SLOT_ID,
+    member_server: str | None = None,
 ) -> SfuAccess:
-    """A LiveKit URL and token for ``transport``; sticky memberships pass their member_id."""
-    if cfg.mints_tokens:
+    """A LiveKit URL and token for ``transport``; sticky memberships pass their member_id.
+    ``member_server``: the homeserver of a member who publishes on ``transport`` (a remote
+    SFU that the bot only subscribes to; its token is minted by that SFU's service)."""
+    if cfg.mints_tokens and member_server is None:
         return mint_access(
             cfg,
             client.user_id,
@@ -203,7 +212,7 @@ async def sfu_access(
     policy = outbound.current()
     try:
         policy.check_url(service)
-        await _trusted_service(client, service, policy)
+        await _trusted_service(client, service, policy, member_server)
     except OutboundError as e:
         raise RtcError(f"I cannot use the call's authorization service: {e}.") from None
     token = await openid_token(client)

@@ -1,11 +1,10 @@
 """Media keys: our own key's rotation rules, and the keys others send us.
 
-Follows matrix-js-sdk's ``RTCEncryptionManager`` (shared/docs/matrixrtc-protocol.md §6):
-index 0..255 wrapping, sent Olm-encrypted (the wire forms are ``bot.rtc.key_events``);
-on a leave a new key goes to everyone,
-on joins within the grace period the current key goes to the joiners only, and a new key is
-used locally only ``USE_KEY_DELAY_MS`` after it was sent. Key bytes never appear in a repr or
-a log line.
+Follows matrix-js-sdk's ``RTCEncryptionManager`` (``src/matrixrtc/RTCEncryptionManager.ts``):
+index 0..255 wrapping, sent Olm-encrypted (the wire forms are ``bot.rtc.key_events``); on a
+leave a new key goes to everyone, on joins within the grace period the current key goes to the
+joiners only, and a new key is used locally only ``USE_KEY_DELAY_MS`` after it was sent. Key
+bytes never appear in a repr or a log line.
 """
 
 from __future__ import annotations

@@ -89,6 +89,8 @@ class MatrixRTCSessionManager:
     async def stop(self, timeout_s: float = 2.0) -> None:
         """Leave every call the bot is in (and withdraw the joins waiting for a slot)."""
         self.slots.cancel_all()
+        for session in self._sessions.values():
+            await session.cancel_join()
         for session in self.joined_sessions():
             await session.leave(timeout_s)
         for session in self._sessions.values():

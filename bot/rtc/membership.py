@@ -1,9 +1,9 @@
 """Call memberships: parsing both wire forms and computing the active member list.
 
 Follows matrix-js-sdk (``CallMembership.ts``, ``membershipData/session.ts`` and ``rtc.ts``,
-``MatrixRTCSession.ts``), not the MSC texts, where they differ: see
-shared/docs/matrixrtc-protocol.md §2. Malformed events are dropped with a log line; the
-parsers never raise on input from the network.
+``MatrixRTCSession.ts``, all in ``src/matrixrtc/``), not the MSC texts (MSC3401, MSC4143),
+where they differ. Malformed events are dropped with a log line; the parsers never raise on
+input from the network.
 """
 
 from __future__ import annotations

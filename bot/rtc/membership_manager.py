@@ -1,6 +1,6 @@
 """Our own membership of a call: join, stay (delayed leave, expiry refresh, watchdog), leave.
 
-The sequence is matrix-js-sdk's ``MembershipManager`` (shared/docs/matrixrtc-protocol.md §3):
+The sequence is matrix-js-sdk's ``MembershipManager`` (``src/matrixrtc/MembershipManager.ts``):
 schedule a delayed ``{}`` (MSC4140) before sending the join, restart it immediately (some
 homeservers cancel it when the state is overwritten) and then every few seconds, so the
 homeserver sends the leave by itself if the bot dies. Without MSC4140 the membership's
@@ -338,6 +338,12 @@ class MembershipManager:
         except Exception as e:
             log.warning("leaving the call did not complete: %s", e, extra=self._ctx)
             return False
+
+    async def abandon(self, timeout_s: float = 1.0) -> bool:
+        """A join cut short (a leave came while it was under way): take back whatever of it
+        may have reached the homeserver. A leave is harmless if the join never arrived."""
+        self.joined = True
+        return await self.leave(timeout_s)
 
     async def _send_leave(self) -> None:
         if self._delay_id is not None and await self._delayed_action("send"):

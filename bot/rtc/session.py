@@ -8,6 +8,7 @@ room state and decrypted key events; it talks to the homeserver through nio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,7 @@ from bot.log import context
 from bot.matrix import todevice
 from bot.matrix.sticky import StickyStore
 from bot.rtc import key_events, notification
-from bot.rtc.capacity import CallSlots, OnQueued
+from bot.rtc.capacity import CallSlots, JoinCancelled, OnQueued
 from bot.rtc.focus import RtcError, SfuAccess, choose_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
 from bot.rtc.keys import Distribution, MediaKey, OwnKey, ReceivedKey, ReceivedKeys
@@ -116,6 +117,8 @@ class MatrixRTCSession:
         self._ctx = context(room=room_id)
         #: a join() is under way (commands typed meanwhile wait for it)
         self.joining = False
+        self._join_task: asyncio.Task[SfuAccess] | None = None
+        self._join_cancelled = False
         #: the slot's state event and the room's call notifications (fed by the manager)
         self.slot: RtcSlot | None = None
         self.notifications = notification.NotificationLog()
@@ -209,35 +212,90 @@ class MatrixRTCSession:
         try:
             if self._slots is not None:
                 await self._slots.acquire(self.room_id, on_queued)
+            self._join_cancelled = False
+            self._join_task = asyncio.create_task(self._join(foci), name=f"join-{self.room_id}")
             try:
-                return await self._join(foci)
+                return await self._join_task
+            except asyncio.CancelledError:
+                if self._join_cancelled:  # by cancel_join(), not by our caller
+                    raise JoinCancelled("The join was withdrawn.") from None
+                raise
             except BaseException:
                 if self._slots is not None and not self.is_joined:
                     self._slots.release(self.room_id)
                 raise
         finally:
+            self._join_task = None
             self.joining = False
+
+    async def cancel_join(self) -> bool:
+        """Stop a join under way (a leave typed meanwhile): what of it reached the homeserver
+        is taken back. False if no join was under way."""
+        task = self._join_task
+        if task is None or task.done():
+            return False
+        self._join_cancelled = True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if self._slots is not None and not self.is_joined:
+            self._slots.release(self.room_id)
+        return True
 
     async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
         check_joinable(self.slot, self.slot_id)
         member_id = await self._manager.prepare()
         await self._check_power_level()
         preferred = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
-        # The call's focus is a member's choice: used only if the outbound policy allows it.
-        transport = await choose_transport(
-            self.client, self.cfg, (preferred, self.active_transport()), self.room_id
-        )
+        transport = await self._publish_transport(preferred)
         self.sfu = await sfu_access(
             self.client, self.cfg, transport, self.room_id, member_id=member_id
         )
         first = not self.memberships
-        event_id = await self._manager.join(transport)
+        try:
+            event_id = await self._manager.join(transport)
+        except asyncio.CancelledError:
+            # The membership may have reached the homeserver: take it back before giving up.
+            await asyncio.shield(self._manager.abandon())
+            self.sfu = None
+            raise
         self.join_state_changed.emit(JoinStateChanged(True))
         log.info("joined the call", extra=self._ctx)
         if first and self.cfg.notification_type != "none":
             self._spawn(self._send_notification(event_id))
         self._spawn(self._distribute_keys())
         return self.sfu
+
+    async def _publish_transport(self, preferred: dict[str, Any] | None) -> dict[str, Any]:
+        """Where the bot publishes: as Element Call 0.26 (multi-SFU only), on its own
+        homeserver's transport; the call's focus only where it has none (or mints its own
+        tokens, so connects to its own SFU whatever it advertises). The call's focus is a
+        member's choice: used only if the outbound policy allows it."""
+        call = self.active_transport()
+        if self.cfg.mints_tokens:
+            return await choose_transport(self.client, self.cfg, (preferred, call), self.room_id)
+        try:
+            return await choose_transport(self.client, self.cfg, (preferred,), self.room_id)
+        except RtcError:
+            if call is None:
+                raise
+            log.warning("I have no transport of my own: publishing on the call's", extra=self._ctx)
+            return await choose_transport(self.client, self.cfg, (call,), self.room_id)
+
+    async def remote_sfu_access(self, transport: dict[str, Any], server_name: str) -> SfuAccess:
+        """A token for an SFU that members of ``server_name`` publish on (multi-SFU: the bot
+        subscribes there; that SFU's service decides what the token allows)."""
+        if not self.is_joined:
+            raise RtcError("I am not in this call.")
+        member_id = self._manager.member_id if self._manager.sticky else None
+        return await sfu_access(
+            self.client,
+            self.cfg,
+            transport,
+            self.room_id,
+            member_id=member_id,
+            member_server=server_name,
+        )
 
     async def refresh_sfu_access(self) -> SfuAccess:
         """A new LiveKit token for the SFU we joined on (the old one may have expired)."""

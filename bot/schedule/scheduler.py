@@ -14,7 +14,6 @@ reported to ``on_missed`` (the bot tells the room).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.errors import ConfigError
+from bot.files import private_file
 from bot.schedule.when import Schedule, job_id
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,5 @@ def _private_sqlite(url: str) -> None:
     prefix = "sqlite:///"
     if not url.startswith(prefix) or url == prefix or ":memory:" in url:
         return
-    path = Path(url[len(prefix) :].split("?", 1)[0])
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
+    # SQLite gives its journal and WAL files the database file's mode.
+    private_file(Path(url[len(prefix) :].split("?", 1)[0]))

@@ -12,6 +12,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from bot.plugin import private_file
+
 PAGE_DURATION_US = 100_000
 
 
@@ -26,7 +28,7 @@ class OpusOggWriter:
         self.sample_rate = sample_rate
         self.channels = channels
         self._container = av.open(
-            str(path),
+            str(private_file(path)),  # 0600 whatever the umask: FFmpeg keeps the mode
             "w",
             format="ogg",
             options={"flush_packets": "1", "page_duration": str(PAGE_DURATION_US)},

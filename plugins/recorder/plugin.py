@@ -37,6 +37,7 @@ from bot.plugin import (
     VideoWants,
     command,
     format_duration,
+    private_dir,
     write_private_json,
 )
 from plugins.recorder.mixer import MixBuffer
@@ -192,7 +193,7 @@ class Recorder(Plugin):
         folder = call.folder
         if earlier is None and (folder / "meta.json").exists():
             folder = call.files_dir / started_utc
-        await call.run_blocking(lambda: folder.mkdir(mode=0o700, parents=True, exist_ok=True))
+        await call.run_blocking(private_dir, folder)
         parts: list[dict[str, Any]] = []
         interruptions: list[dict[str, Any]] = []
         if earlier is not None:
@@ -338,10 +339,15 @@ class Recorder(Plugin):
         if rec is None:
             return
         t = round(max(0.0, change.timestamp - rec.started_at), 3)
+        open_ = [o for o in rec.media_outages if o["end"] is None and o.get("sfu") == change.sfu]
         if not change.connected:
-            rec.media_outages.append({"start": t, "end": None, "reason": change.reason})
-        elif rec.media_outages and rec.media_outages[-1]["end"] is None:
-            rec.media_outages[-1]["end"] = t
+            outage: dict[str, Any] = {"start": t, "end": None, "reason": change.reason}
+            if change.sfu is not None:  # another SFU of a federated call: only its members
+                outage["sfu"] = change.sfu
+                outage["participants"] = [p.user_id for p in change.participants]
+            rec.media_outages.append(outage)
+        elif open_:
+            open_[-1]["end"] = t
         else:
             return
         # Written at once: what is missing must be on disk even if the bot dies meanwhile.

@@ -9,6 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from bot.plugin import private_file
+
 
 class Vp8WebmWriter:
     def __init__(
@@ -16,7 +18,10 @@ class Vp8WebmWriter:
     ) -> None:
         self.path = path
         self.width, self.height = width, height
-        self._container = av.open(str(path), "w", format="webm", options={"flush_packets": "1"})
+        # 0600 whatever the umask: FFmpeg opens the existing file and keeps its mode.
+        self._container = av.open(
+            str(private_file(path)), "w", format="webm", options={"flush_packets": "1"}
+        )
         self._stream = self._container.add_stream(
             "libvpx", rate=Fraction(fps).limit_denominator(1000)
         )

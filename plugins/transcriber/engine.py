@@ -89,6 +89,24 @@ class Recognized:
     words: tuple[Word, ...] = ()
 
 
+def check_model(name: str) -> None:
+    """Config validation of ``model``: a folder must be given as an absolute path (the bot's
+    working directory is no anchor) and hold a CTranslate2 Whisper model, as faster-whisper's
+    own models do (``model.bin``, ``config.json``, ``tokenizer.json``)."""
+    if name == BUNDLED or not ("/" in name or name.startswith((".", "~"))):
+        return  # the bundled model, or a name faster-whisper downloads
+    folder = Path(name).expanduser()
+    if not folder.is_absolute():
+        raise ValueError(f"model: give the folder as an absolute path, not {name!r}")
+    if not folder.is_dir():
+        raise ValueError(f"model: the folder {name!r} does not exist")
+    if not (folder / "model.bin").is_file():
+        raise ValueError(
+            f"model: {name!r} holds no model.bin: not a CTranslate2 Whisper model (a "
+            "faster-whisper model folder, e.g. Systran/faster-whisper-small.en)"
+        )
+
+
 def model_location(name: str) -> tuple[str, bool]:
     """(what to give WhisperModel, whether it may download)."""
     if name == BUNDLED:

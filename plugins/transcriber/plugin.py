@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from bot.log import register_secret
 from bot.plugin import (
     Arg,
     AudioFrame,
@@ -41,8 +42,10 @@ from plugins.transcriber.engine import (
     SpeechEngine,
     TranscriptionError,
     Word,
+    check_model,
     shared_engine,
 )
+from plugins.transcriber.remote_engine import RemoteEngine, RemoteSettings, shared_remote_engine
 from plugins.transcriber.transcript import FORMATS, Line, Transcript
 from plugins.transcriber.vad import Segmenter, Utterance, VadSettings
 
@@ -88,14 +91,28 @@ class TranscriberConfig:
     min_silence_ms: int = 400
     max_utterance_s: float = 15.0
     vad_threshold: float = 0.5
+    #: "local" (faster-whisper in this process) or "openai": an OpenAI-compatible service
+    #: at ``url`` (remote_engine.py), which serves ``model``.
+    engine: Literal["local", "openai"] = "local"
+    url: str | None = None
+    api_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    response_format: Literal["json", "verbose_json"] = "verbose_json"
+    max_in_flight: int = 4
+    request_timeout_s: float = 20.0
+    retries: int = 2
 
     def __post_init__(self) -> None:
+        register_secret(self.api_key)
         bad = sorted(set(self.upload) - set(FORMATS))
         if bad:
             raise ValueError(f"upload: unknown format {bad[0]!r} (use {', '.join(FORMATS)})")
         if self.caption_lines < 1:
             raise ValueError("caption_lines must be at least 1")
-        self.engine_settings()
+        if self.engine == "openai":
+            self.remote_settings()  # model: a name the service knows, not a folder
+        else:
+            check_model(self.model)
+            self.engine_settings()
         self.vad_settings()
 
     def engine_settings(self) -> EngineSettings:
@@ -109,6 +126,25 @@ class TranscriberConfig:
             beam_size=self.beam_size,
             word_timestamps=self.word_timestamps,
             max_queue=self.max_queue,
+        )
+
+    def remote_settings(self) -> RemoteSettings:
+        if not self.url:
+            raise ValueError('engine = "openai" needs url (the service, e.g. "http://stt:8000")')
+        if self.model == BUNDLED:
+            raise ValueError(
+                'engine = "openai" needs model: the name the service serves (e.g. "whisper-1")'
+            )
+        return RemoteSettings(
+            url=self.url,
+            model=self.model,
+            api_key=self.api_key,
+            language=None if self.language == "auto" else self.language,
+            response_format=self.response_format,
+            max_in_flight=self.max_in_flight,
+            max_queue=self.max_queue,
+            timeout_s=self.request_timeout_s,
+            retries=self.retries,
         )
 
     def vad_settings(self) -> VadSettings:
@@ -137,7 +173,11 @@ class Transcriber(Plugin):
 
     def __init__(self, config: TranscriberConfig | None = None) -> None:
         self.config = config or TranscriberConfig()
-        self.engine: SpeechEngine = shared_engine(self.config.engine_settings())
+        self.engine: SpeechEngine | RemoteEngine = (
+            shared_remote_engine(self.config.remote_settings())
+            if self.config.engine == "openai"
+            else shared_engine(self.config.engine_settings())
+        )
         self.call: CallContext | None = None
         self.transcript: Transcript | None = None
         self.captions: Captions | None = None
@@ -209,7 +249,11 @@ class Transcriber(Plugin):
         summary = (
             f"📝 Transcription stopped: {len(transcript.lines)} lines from "
             f"{len({line.user_id for line in transcript.lines})} speakers"
-            + (f", {missed} utterances missed (the speech engine was overloaded)" if missed else "")
+            + (
+                f", {missed} utterances missed (the speech engine was overloaded or failed)"
+                if missed
+                else ""
+            )
             + f". Files: {', '.join(p.name for p in paths)}."
         )
         await call.post(summary)
@@ -277,12 +321,10 @@ class Transcriber(Plugin):
         transcript = self.transcript
         try:
             recognized = await self.engine.transcribe(utterance.audio)
-        except EngineBusy:
+        except EngineBusy as e:  # overloaded, or the speech service failed
             if transcript is not None:
                 transcript.missed = dict(Counter(transcript.missed) + Counter([who.user_id]))
-            log.warning(
-                "speech engine overloaded: an utterance of %s was not transcribed", who.user_id
-            )
+            log.warning("an utterance of %s was not transcribed: %s", who.user_id, e)
             return
         except Exception:
             log.exception("could not transcribe an utterance of %s", who.user_id)

@@ -17,11 +17,13 @@
 // {"reply":<id>,"ok":false,"error":"..."} to the JSON-line commands read from stdin, and events
 // {"event":...}: memberships, key, message, notification_sent, to_device, log, error. Commands:
 // create_room, join_room, invite, rtc_join, rtc_leave, memberships, state_events, send_state,
-// send_text, send_to_device, device_status, user_identity, stop (see `commands` below).
+// send_text, send_to_device, device_status, user_identity, stop (see `commands` below), and
+// those of JSPEER_EXTENSION.
 // All js-sdk logging goes to stderr. EOF on stdin stops the peer like {"cmd":"stop"}.
 
 import { randomUUID } from "node:crypto";
 import { createInterface } from "node:readline";
+import { pathToFileURL } from "node:url";
 import { format } from "node:util";
 
 // --- stdout is the JSON channel: route every console method to stderr first ----------------
@@ -561,6 +563,14 @@ async function handle(line) {
         process.stderr.write(`command ${cmd} failed: ${err?.stack ?? err}\n`);
         emit({ reply: id, ok: false, error: String(err?.message ?? err) });
     }
+}
+
+// JSPEER_EXTENSION: the path of a module whose default export, given this client, returns more
+// commands (tests/elementcall/widget-host.mjs: Element Call's widget host). It gets what it
+// needs passed in, so it shares this process's one matrix-js-sdk instance.
+if (process.env.JSPEER_EXTENSION) {
+    const { default: extend } = await import(pathToFileURL(process.env.JSPEER_EXTENSION).href);
+    Object.assign(commands, await extend({ client, sdk, emit, getRoom, waitFor }));
 }
 
 const rl = createInterface({ input: process.stdin });
