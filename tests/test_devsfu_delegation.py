@@ -30,20 +30,22 @@ POLICY = OutboundPolicy().allowing_private()  # the service is on 127.0.0.1
 
 
 class Service:
-    def __init__(self, synapse: Synapse) -> None:
+    def __init__(self, synapse: Synapse, full_access: list[str] | None = None) -> None:
         self.on_sfu: set[tuple[str, str]] = set()
         self.jwt = JwtService(
             synapse.url,
             TokenAuthority("devkey", "a-secret-of-some-length-0123456789"),
             lambda request: "ws://127.0.0.1:1",
-            lambda room, identity: (room, identity) in self.on_sfu,
+            server_name="localhost",
+            full_access_homeservers=full_access,
+            present=lambda room, identity: (room, identity) in self.on_sfu,
         )
         self.url = ""
 
 
 @pytest.fixture
-async def service(synapse: Synapse) -> AsyncIterator[Service]:
-    svc = Service(synapse)
+async def service(synapse: Synapse, request: pytest.FixtureRequest) -> AsyncIterator[Service]:
+    svc = Service(synapse, getattr(request, "param", None))
     app = web.Application()
     svc.jwt.add_routes(app)
     runner = web.AppRunner(app, access_log=None)
@@ -136,3 +138,25 @@ async def test_refusals_follow_lk_jwt_service(
         assert not service.jwt.delayed_leaves._tasks  # nothing was taken on
         # A service without the endpoint: the bot goes on restarting the event itself.
         assert not await delegation.delegate(p.client, f"{service.url}/nothing", leave, POLICY)
+
+
+@pytest.mark.parametrize("service", [["other.example"]], indirect=True)
+async def test_users_without_full_access_are_refused(
+    synapse: Synapse, service: Service, tmp_path: Path
+) -> None:
+    """lk-jwt-service: "Delegation of delayed events is only supported for full access users"
+    (M_FORBIDDEN); the bot then goes on restarting the event itself."""
+    async with peer(synapse, tmp_path, "remote") as p:
+        leave = delegation.DelayedLeave("!r:x", "m.call#ROOM", "m", "d", 10_000)
+        token = await openid_token(p.client)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{service.url}/delegate_delayed_leave",
+                json=delegation.request_body(p.client, leave, token),
+            ) as resp,
+        ):
+            assert resp.status == 403
+            assert (await resp.json())["errcode"] == "M_FORBIDDEN"
+        assert not await delegation.delegate(p.client, service.url, leave, POLICY)
+        assert not service.jwt.delayed_leaves._tasks
