@@ -24,6 +24,8 @@ TRANSPORTS_PATHS = (
     "/_matrix/client/v1/rtc/transports",
     "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
 )
+#: the path Synapse 1.163 serves (the unstable one)
+TRANSPORTS_PATH = TRANSPORTS_PATHS[1]
 
 
 class MatrixHttpError(MatrixError):
