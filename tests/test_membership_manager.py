@@ -120,3 +120,31 @@ async def test_no_hand_over_without_a_sticky_membership_on_a_jwt_service(homeser
     await asyncio.sleep(0)
     assert homeserver["delegated"] == [] and not mm.delegated
     await mm.leave()
+
+
+async def test_a_replaced_delayed_leave_is_handed_over_again(homeserver, monkeypatch) -> None:
+    """The service's job ends with the old delay ID (404 on its restart): a new one goes too."""
+    homeserver["features"] = {"org.matrix.msc4140": True, "org.matrix.msc4354": True}
+    ids = iter(["delay-1", "delay-2"])
+
+    async def delayed(content):
+        return next(ids)
+
+    homeserver["delayed"] = delayed
+    mm = MembershipManager(
+        client(), "!r:x", RtcConfig(membership_format="sticky"), on_error=lambda e: None
+    )
+    await mm.prepare()
+    await mm.join(dict(TRANSPORT))
+    await asyncio.sleep(0)
+
+    async def gone(_c, delay_id, what):
+        raise rest.MatrixHttpError(404, {"errcode": "M_NOT_FOUND"}, "restart")
+
+    monkeypatch.setattr(rest, "delayed_event_action", gone)
+    await mm._restart_delayed_leave()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [leave.delay_id for _, leave in homeserver["delegated"]] == ["delay-1", "delay-2"]
+    mm.joined = False
+    await mm._stop_tasks()

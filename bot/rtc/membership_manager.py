@@ -266,6 +266,8 @@ class MembershipManager:
             # Sent already (or cancelled by our own state change): schedule a new one.
             self._delay_id = None
             await self._schedule_delayed_leave()
+            if self.joined:
+                self._delegate_leave()  # the service's job ended with the old delay ID
 
     # ------------------------------------------------------------------ staying
 
