@@ -17,7 +17,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot.log import register_secret
 from bot.plugin import (
     Arg,
     AudioFrame,
@@ -30,6 +29,7 @@ from bot.plugin import (
     ParticipantEvent,
     Plugin,
     command,
+    register_secret,
 )
 from plugins.transcriber.captions import Captions
 from plugins.transcriber.engine import (
