@@ -313,7 +313,15 @@ class MatrixClient:
         group = olm.inbound_group_store.get(msg.room_id, msg.sender_key, msg.session_id or "")
         if group is None or group.forwarding_chain or group.ed25519 != device.ed25519:
             return device.id
-        return None if self.trust.allows(msg.sender, device.id, device.ed25519) else device.id
+        if self.trust.allows(msg.sender, device.id, device.ed25519):
+            return None
+        if msg.sender in olm.users_for_key_query:
+            # Their keys changed since we last looked (a device verified a moment ago, a
+            # signature uploaded after a new identity): look again before refusing.
+            await self.query_keys(msg.sender)
+            if self.trust.allows(msg.sender, device.id, device.ed25519):
+                return None
+        return device.id
 
     def device_allowed(self, user_id: str, device_id: str | None) -> bool:
         """Whether the trust policy accepts this device (for media keys)."""
