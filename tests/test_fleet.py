@@ -1,0 +1,81 @@
+"""Fleet mode with real parts: `callbot run` workers of one account on a real PostgreSQL and a
+real Synapse, alice a matrix-js-sdk participant (bot.fleet, docs/deploy.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+from tests.fleet import Fleet, pg  # noqa: F401 - fixture
+from tests.jspeer import JsPeer, js_peer
+from tests.peer import wait_until
+from tests.postgres import Postgres
+from tests.synapse import Synapse
+
+TIMEOUT = 30.0
+
+
+def replies_to(alice: JsPeer, event_id: str, since: int = 0) -> list[dict]:
+    return [
+        e
+        for e in alice.events[since:]
+        if e["event"] == "message"
+        and ((e.get("relates_to") or {}).get("m.in_reply_to") or {}).get("event_id") == event_id
+    ]
+
+
+async def room_with(fleet: Fleet, alice: JsPeer) -> str:
+    """alice's encrypted room, which the fleet's account joined (on invite)."""
+    room = (await alice.call("create_room", invite=[fleet.account.user_id]))["room_id"]
+    await wait_until(
+        lambda: any(w.logged("joined on invite") for w in fleet.workers), TIMEOUT, "the bot"
+    )
+    await asyncio.sleep(1.0)  # alice's client sees the bot's join before she types
+    return room
+
+
+async def test_one_worker_answers_each_command_and_the_leader_fails_over(
+    synapse: Synapse, pg: Postgres, tmp_path: Path
+) -> None:
+    """Two workers: each command is answered once, by the leader; SIGKILL of the leader: the
+    other takes the lock and answers commands again within 10 s."""
+    fleet = Fleet(synapse, pg, tmp_path)
+    try:
+        first = await fleet.add()
+        second = await fleet.add()
+        assert fleet.leads(first) and not fleet.leads(second)
+        async with js_peer(synapse, tmp_path, "alice") as alice:
+            room = await room_with(fleet, alice)
+            for _ in range(3):
+                sent = (await alice.call("send_text", room_id=room, body="!status"))["event_id"]
+                await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the answer")
+                await asyncio.sleep(2.0)  # time for a second answer, were there one
+                (answer,) = replies_to(alice, sent)
+                lines = answer["body"].splitlines()
+                assert "Fleet: 2 workers, leader " + fleet.device(first) in answer["body"]
+                assert f"  worker {fleet.device(first)} (leader, this one): 0/20 calls (0% load)" in lines
+                assert f"  worker {fleet.device(second)}: 0/20 calls (0% load)" in lines
+
+            await first.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            answered = None
+            while answered is None and time.monotonic() - killed < 30:
+                mark = alice.mark()
+                sent = (await alice.call("send_text", room_id=room, body="!status"))["event_id"]
+                try:
+                    await wait_until(lambda: replies_to(alice, sent, mark), 1.0, "an answer")
+                    answered = time.monotonic() - killed
+                except TimeoutError:
+                    continue
+            print(f"answered again {answered:.1f} s after the SIGKILL of the leader")
+            assert answered is not None and answered < 10.0
+            assert fleet.leads(second)
+            await asyncio.sleep(2.0)
+            (answer,) = replies_to(alice, sent, mark)
+            assert f"leader {fleet.device(second)}" in answer["body"]
+        # The database password never reaches a log line.
+        assert pg.password not in fleet.logs()
+    finally:
+        await fleet.stop()
