@@ -8,7 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.fleet import Fleet, pg  # noqa: F401 - fixture
+from bot.devsfu.server import DevSfu
+from tests.fleet import Fleet
 from tests.jspeer import JsPeer, js_peer
 from tests.peer import wait_until
 from tests.postgres import Postgres
@@ -50,12 +51,15 @@ async def test_one_worker_answers_each_command_and_the_leader_fails_over(
             room = await room_with(fleet, alice)
             for _ in range(3):
                 sent = (await alice.call("send_text", room_id=room, body="!status"))["event_id"]
-                await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the answer")
+                await wait_until(lambda s=sent: replies_to(alice, s), TIMEOUT, "the answer")
                 await asyncio.sleep(2.0)  # time for a second answer, were there one
                 (answer,) = replies_to(alice, sent)
                 lines = answer["body"].splitlines()
                 assert "Fleet: 2 workers, leader " + fleet.device(first) in answer["body"]
-                assert f"  worker {fleet.device(first)} (leader, this one): 0/20 calls (0% load)" in lines
+                assert (
+                    f"  worker {fleet.device(first)} (leader, this one): 0/20 calls (0% load)"
+                    in lines
+                )
                 assert f"  worker {fleet.device(second)}: 0/20 calls (0% load)" in lines
 
             await first.stop(signal.SIGKILL)
@@ -65,7 +69,9 @@ async def test_one_worker_answers_each_command_and_the_leader_fails_over(
                 mark = alice.mark()
                 sent = (await alice.call("send_text", room_id=room, body="!status"))["event_id"]
                 try:
-                    await wait_until(lambda: replies_to(alice, sent, mark), 1.0, "an answer")
+                    await wait_until(
+                        lambda s=sent, m=mark: replies_to(alice, s, m), 1.0, "an answer"
+                    )
                     answered = time.monotonic() - killed
                 except TimeoutError:
                     continue
@@ -77,5 +83,52 @@ async def test_one_worker_answers_each_command_and_the_leader_fails_over(
             assert f"leader {fleet.device(second)}" in answer["body"]
         # The database password never reaches a log line.
         assert pg.password not in fleet.logs()
+    finally:
+        await fleet.stop()
+
+
+def notices(alice: JsPeer, room: str, start: str) -> list[dict]:
+    return [
+        e
+        for e in alice.events
+        if e["event"] == "message" and e["room_id"] == room and (e["body"] or "").startswith(start)
+    ]
+
+
+async def scheduled(alice: JsPeer, room: str, when: str) -> str:
+    """alice schedules a call in ``room``; the job's ID, from the (one) answer."""
+    sent = (await alice.call("send_text", room_id=room, body=f"!schedule {when}"))["event_id"]
+    (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the schedule")
+    assert answer["body"].startswith("Scheduled "), answer["body"]
+    return answer["body"].split()[1].rstrip(":")
+
+
+async def test_a_schedule_fires_once_across_the_fleet_and_across_a_failover(
+    synapse: Synapse, pg: Postgres, tmp_path: Path, sfu: DevSfu
+) -> None:
+    """The job store is PostgreSQL and only the leader runs the scheduler: a job fires once
+    (one worker joins); a job the killed leader stored fires once, from the new leader."""
+    fleet = Fleet(synapse, pg, tmp_path, f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n')
+    try:
+        first = await fleet.add()
+        second = await fleet.add()
+        async with js_peer(synapse, tmp_path, "alice") as alice:
+            room = await room_with(fleet, alice)
+            jid = await scheduled(alice, room, "in 8s")
+            fired = f"Scheduled call {jid} "
+            await wait_until(lambda: notices(alice, room, fired), TIMEOUT, "the job to fire")
+            await asyncio.sleep(3.0)
+            assert len(notices(alice, room, fired)) == 1
+
+            other = await room_with(fleet, alice)
+            jid = await scheduled(alice, other, "in 10s")
+            await first.stop(signal.SIGKILL)  # the leader, which stored the job
+            fired = f"Scheduled call {jid} "
+            await wait_until(lambda: notices(alice, other, fired), TIMEOUT, "the job to fire")
+            await asyncio.sleep(3.0)
+            (notice,) = notices(alice, other, fired)
+            assert "the call" in notice["body"], notice["body"]
+            assert fleet.leads(second)
+            assert any(e["msg"] == "scheduler started with 1 stored jobs" for e in second.entries)
     finally:
         await fleet.stop()
