@@ -132,3 +132,47 @@ async def test_a_schedule_fires_once_across_the_fleet_and_across_a_failover(
             assert any(e["msg"] == "scheduler started with 1 stored jobs" for e in second.entries)
     finally:
         await fleet.stop()
+
+
+async def test_join_in_two_rooms_lands_one_call_on_each_worker(
+    synapse: Synapse, pg: Postgres, tmp_path: Path, sfu: DevSfu
+) -> None:
+    """The leader assigns each `!join` to the least loaded worker; that worker joins and says
+    so; `!status` (answered by the call's worker) shows both; `!leave` ends the assignment."""
+    fleet = Fleet(synapse, pg, tmp_path, f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n')
+    try:
+        first = await fleet.add()
+        second = await fleet.add()
+        one, two = fleet.device(first), fleet.device(second)
+        async with js_peer(synapse, tmp_path, "alice") as alice:
+            rooms = [await room_with(fleet, alice), await room_with(fleet, alice)]
+            started: list[str] = []
+            for room in rooms:
+                await alice.call("send_text", room_id=room, body="!join")
+                (notice,) = await wait_until(
+                    lambda r=room: notices(alice, r, "Started the call (worker "), TIMEOUT, "join"
+                )
+                started.append(notice["body"].split()[4].rstrip(";"))
+            assert sorted(started) == sorted([one, two])
+            joined = "joined the call assigned to this worker"
+            assert [sum(e["msg"] == joined for e in w.entries) for w in (first, second)] == [1, 1]
+            # !status in the first room: answered once, by the worker in its call
+            sent = (await alice.call("send_text", room_id=rooms[0], body="!status"))["event_id"]
+            await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the status")
+            await asyncio.sleep(2.0)
+            (answer,) = replies_to(alice, sent)
+            body = answer["body"]
+            assert f"Call in {rooms[0]}: joined" in body
+            assert f"worker {started[0]} (" in body and "this one" in body
+            for device, room in zip(started, rooms, strict=True):
+                assert f"worker {device}" in body and f"1/20 calls (5% load): {room}" in body
+            sent = (await alice.call("send_text", room_id=rooms[0], body="!leave"))["event_id"]
+            (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the leave")
+            assert answer["body"] == "Left the call."
+            sent = (await alice.call("send_text", room_id=rooms[1], body="!status"))["event_id"]
+            (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the status")
+            assert f"worker {started[0]}: 0/20 calls" in answer["body"] or (
+                f"worker {started[0]} (leader): 0/20 calls" in answer["body"]
+            )
+    finally:
+        await fleet.stop()
