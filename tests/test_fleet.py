@@ -4,16 +4,23 @@ real Synapse, alice a matrix-js-sdk participant (bot.fleet, docs/deploy.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bot.devsfu.server import DevSfu
+from bot.rtc.identity import livekit_room_alias
+from tests import lkclient
+from tests.botproc import BotProcess
 from tests.fleet import Fleet
 from tests.jspeer import JsPeer, js_peer
 from tests.peer import wait_until
 from tests.postgres import Postgres
 from tests.synapse import Synapse
+from tests.test_media import _follow_own_keys
 
 TIMEOUT = 30.0
 
@@ -176,3 +183,106 @@ async def test_join_in_two_rooms_lands_one_call_on_each_worker(
             )
     finally:
         await fleet.stop()
+
+
+@contextlib.asynccontextmanager
+async def recorded_call(
+    fleet: Fleet, alice: JsPeer, sfu: DevSfu
+) -> AsyncIterator[tuple[str, lkclient.Tone]]:
+    """alice in her room's call publishing a 440 Hz tone; `!join` and `!record start` typed;
+    (the room, her tone) once a worker records."""
+    room = await room_with(fleet, alice)
+    focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+    await alice.call("rtc_join", room_id=room, foci=focus)
+    lk = await lkclient.connect(
+        sfu.url, alice.identity, livekit_room_alias(room, "m.call#ROOM"), keys={}
+    )
+    await alice.wait_event(lambda e: e["event"] == "key" and e["own"], TIMEOUT)
+    keys = asyncio.create_task(_follow_own_keys(alice, lk))
+    tone = lkclient.Tone(440)
+    await tone.publish(lk)
+    try:
+        await alice.call("send_text", room_id=room, body="!join")
+        await wait_until(
+            lambda: any(logged_start(w, "connected to the SFU") for w in fleet.workers),
+            TIMEOUT,
+            "a worker's media",
+        )
+        await alice.call("send_text", room_id=room, body="!record start")
+        await wait_until(
+            lambda: any(logged_start(w, "recording to") for w in fleet.workers),
+            TIMEOUT,
+            "the recording",
+        )
+        yield room, tone
+    finally:
+        keys.cancel()
+        await tone.stop()
+        await lk.close()
+
+
+def logged_start(worker: BotProcess, start: str) -> bool:
+    return any(e["msg"].startswith(start) for e in worker.entries)
+
+
+async def test_a_killed_workers_recorded_call_is_taken_over_in_the_same_folder(
+    synapse: Synapse, pg: Postgres, tmp_path: Path, sfu: DevSfu
+) -> None:
+    """SIGKILL of the worker holding a recorded call (the leader, so the lock moves too):
+    within 20 s another worker is in the call and recording, as part 2 in the same folder;
+    the files play and meta.json names the gap; the dead device's delayed leave removes it."""
+    from tests.test_recorder import decode, level
+
+    fleet = Fleet(
+        synapse,
+        pg,
+        tmp_path,
+        f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n'
+        '[plugins]\nenabled = ["recorder"]\n[plugins.recorder]\nupload_mixed = false\n',
+    )
+    try:
+        first = await fleet.add()
+        second = await fleet.add()
+        async with (
+            js_peer(synapse, tmp_path, "alice") as alice,
+            recorded_call(fleet, alice, sfu) as (room, _),
+        ):
+            (holder,) = [w for w in fleet.workers if logged_start(w, "recording to")]
+            assert holder is first  # the least loaded, then the oldest: the leader
+            await asyncio.sleep(3.0)
+            await holder.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            await wait_until(lambda: logged_start(second, "recording to"), 20.0, "the takeover")
+            took = time.monotonic() - killed
+            print(f"recording again {took:.1f} s after the SIGKILL of its worker")
+            assert took < 20.0
+            dead = fleet.device(first)
+            # the dead device's delayed leave (10 s) takes its membership out of the call
+            await wait_until(
+                lambda: any(
+                    e["event"] == "memberships"
+                    and e["room_id"] == room
+                    and all(m["device_id"] != dead for m in e["members"])
+                    and any(m["device_id"] == fleet.device(second) for m in e["members"])
+                    for e in alice.events
+                ),
+                TIMEOUT,
+                "the dead device to leave the call",
+            )
+            await asyncio.sleep(4.0)
+        assert await second.stop() == 0  # SIGTERM: finishes the files
+    finally:
+        await fleet.stop()
+    (folder,) = [p for p in fleet.calls_dir.glob("*/*") if p.is_dir()]
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["complete"] is True and meta["part"] == 2
+    (interruption,) = meta["interruptions"]
+    assert interruption["from_utc"] <= interruption["until_utc"]
+    (earlier,) = meta["earlier_parts"]
+    first_part = next(folder / f for f in earlier["files"] if f.startswith("alice"))
+    second_part = folder / first_part.name.replace(".ogg", ".part2.ogg")
+    for path in (first_part, second_part):
+        samples = decode(path)
+        assert samples.size / 48_000 > 1.5
+        assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
+    assert (folder / "mixed.part2.ogg").exists()
