@@ -48,22 +48,26 @@ class Fleet:
         self.calls_dir = tmp_path / "calls"
         self.workers: list[BotProcess] = []
         self.recovery_key: str | None = None
+        #: the /metrics URL of each worker serving one, by id(worker)
+        self.metrics: dict[int, str] = {}
 
-    async def add(self) -> BotProcess:
-        """One more worker, started and part of the fleet."""
+    async def add(self, metrics: bool = False) -> BotProcess:
+        """One more worker, started and part of the fleet; ``metrics``: serving /metrics on
+        a port of its own (``self.metrics[worker]``)."""
         folder = self.tmp_path / f"worker{len(self.workers)}"
         folder.mkdir()
-        cfg = write_config(
-            folder / "config.toml",
-            self.synapse.url,
-            self.account,
-            f'[fleet]\ncalls_dir = "{self.calls_dir}"\n' + self.extra,
-        )
+        extra = f'[fleet]\ncalls_dir = "{self.calls_dir}"\n' + self.extra
+        port = postgres.free_port()
+        if metrics:
+            extra += f'[metrics]\naddress = "127.0.0.1:{port}"\n'
+        cfg = write_config(folder / "config.toml", self.synapse.url, self.account, extra)
         env = {"CALLBOT_FLEET_DATABASE_URL": self.pg.url}
         if self.recovery_key is not None:
             env["CALLBOT_MATRIX_RECOVERY_KEY"] = self.recovery_key
         worker = await BotProcess(cfg, env).start()
         self.workers.append(worker)
+        if metrics:
+            self.metrics[id(worker)] = f"http://127.0.0.1:{port}/metrics"
         await wait_until(
             lambda: self.ready(worker) or (worker.proc and worker.proc.returncode is not None),
             START_TIMEOUT,

@@ -42,7 +42,7 @@ def available() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -55,7 +55,7 @@ class Postgres:
 
     def __init__(self) -> None:
         self.password = secrets.token_urlsafe(16)
-        self.port = _free_port()
+        self.port = free_port()
         self.bin = _bin_dir()
         # Under /tmp itself, not pytest's 0700 tmp_path: the postgres user must reach it.
         self.dir = Path(tempfile.mkdtemp(prefix="callbot-pg-"))

@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
+
 from bot.devsfu.server import DevSfu
 from bot.rtc.identity import livekit_room_alias
 from tests import lkclient
@@ -51,9 +53,20 @@ async def test_one_worker_answers_each_command_and_the_leader_fails_over(
     other takes the lock and answers commands again within 10 s."""
     fleet = Fleet(synapse, pg, tmp_path)
     try:
-        first = await fleet.add()
-        second = await fleet.add()
+        first = await fleet.add(metrics=True)
+        second = await fleet.add(metrics=True)
         assert fleet.leads(first) and not fleet.leads(second)
+        # /metrics per worker: each says whether it leads, and the fleet it sees
+        async with aiohttp.ClientSession() as http:
+            for worker, leads in ((first, 1), (second, 0)):
+                for _ in range(50):  # the first worker sees the second at its next tick
+                    async with http.get(fleet.metrics[id(worker)]) as resp:
+                        text = await resp.text()
+                    if "callbot_fleet_workers 2.0" in text:
+                        break
+                    await asyncio.sleep(0.1)
+                assert f"callbot_fleet_leader {leads}.0" in text
+                assert "callbot_fleet_workers 2.0" in text
         async with js_peer(synapse, tmp_path, "alice") as alice:
             room = await room_with(fleet, alice)
             for _ in range(3):
