@@ -17,7 +17,7 @@ from bot.commands.registry import CommandRegistry
 from bot.config import Config
 from bot.consent import ConsentCommands, OptOuts
 from bot.fleet import FleetLost
-from bot.fleet.setup import fleet_call_commands, fleet_store_url, fleet_worker
+from bot.fleet.setup import fleet_call_commands, fleet_optouts, fleet_store_url, fleet_worker
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage, notice
@@ -68,10 +68,13 @@ class CallBot:
         self.config = config
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
-        self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
         self.joined_calls = JoinedCalls(config.bot.data_dir, self.rtc)
         #: one worker of several sharing a database ([fleet]); None: the one bot process
         self.fleet = fleet_worker(config, self.rtc, self._post) if config.fleet.enabled else None
+        local_optouts = config.bot.data_dir / "optouts.json"
+        self.optouts = (
+            fleet_optouts(self.fleet, local_optouts) if self.fleet else OptOuts(local_optouts)
+        )
         self.media = CallMediaManager(
             self.matrix,
             self.rtc,

@@ -39,6 +39,8 @@ CHANNEL = "callbot_fleet"
 LOCK_CLASS = 0x63626F74
 #: the second key of the schema's lock (one-off, at start-up)
 SCHEMA_LOCK = 1
+#: a session silent this long is ended by the server; a query waits this long at most
+SESSION_TIMEOUT_S = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS callbot_fleet_workers (
@@ -52,6 +54,12 @@ CREATE TABLE IF NOT EXISTS callbot_fleet_workers (
     started timestamptz NOT NULL DEFAULT now(),
     seen timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account, device_id)
+);
+CREATE TABLE IF NOT EXISTS callbot_fleet_optouts (
+    account text NOT NULL,
+    room_id text NOT NULL,
+    user_id text NOT NULL,
+    PRIMARY KEY (account, room_id, user_id)
 );
 CREATE TABLE IF NOT EXISTS callbot_fleet_calls (
     account text NOT NULL,
@@ -112,6 +120,15 @@ WHERE c.account = %s AND c.room_id = %s
 """  # noqa: S608 - constant text, no value in it
 
 
+#: libpq's TCP keepalives: a dead server is noticed in about 10 s, not the kernel's 2 h
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 class FleetDb:
     """One worker's two connections: the session (its identity, the leader lock, all
     queries, one at a time) and the listener (``LISTEN``)."""
@@ -130,14 +147,18 @@ class FleetDb:
     async def connect(self) -> None:
         try:
             self._session = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=10
+                self.url, autocommit=True, connect_timeout=10, **KEEPALIVES
             )
             self._listener = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=10
+                self.url, autocommit=True, connect_timeout=10, **KEEPALIVES
             )
         except psycopg.Error as e:
             # psycopg's message names host and port, never the password
             raise FleetLost(f"cannot connect to fleet.database_url: {e}") from None
+        # The server ends a session whose worker stopped talking (a partition, a frozen host:
+        # no FIN to end it at once): the lock and the worker's calls are free 10 s later.
+        # The worker's loop queries every second, so its own session is never that idle.
+        await self._session.execute(f"SET idle_session_timeout = '{SESSION_TIMEOUT_S}s'")
         async with self._session.transaction():
             # Two workers starting at once must not both create the tables.
             await self._session.execute(
@@ -171,11 +192,15 @@ class FleetDb:
             raise FleetLost("not connected")
         async with self._lock:
             try:
-                async with self._session.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(sql, params)
-                    return await cur.fetchall() if cur.description else []
+                async with asyncio.timeout(SESSION_TIMEOUT_S):
+                    async with self._session.cursor(row_factory=dict_row) as cur:
+                        await cur.execute(sql, params)
+                        return await cur.fetchall() if cur.description else []
             except psycopg.OperationalError as e:
                 raise FleetLost(f"the fleet database session ended: {e}") from None
+            except TimeoutError:
+                # the server may have ended the session meanwhile: the lock may be another's
+                raise FleetLost("the fleet database did not answer in time") from None
 
     async def notify(self) -> None:
         await self.query(f"NOTIFY {CHANNEL}")
@@ -283,6 +308,28 @@ class FleetDb:
                 resumed,
             ),
         )
+        await self.notify()
+
+    async def optouts(self) -> list[tuple[str, str]]:
+        rows = await self.query(
+            "SELECT room_id, user_id FROM callbot_fleet_optouts WHERE account = %s",
+            (self.account,),
+        )
+        return [(r["room_id"], r["user_id"]) for r in rows]
+
+    async def set_optout(self, room_id: str, user_id: str, out: bool) -> None:
+        if out:
+            await self.query(
+                "INSERT INTO callbot_fleet_optouts (account, room_id, user_id) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (self.account, room_id, user_id),
+            )
+        else:
+            await self.query(
+                "DELETE FROM callbot_fleet_optouts WHERE account = %s AND room_id = %s "
+                "AND user_id = %s",
+                (self.account, room_id, user_id),
+            )
         await self.notify()
 
     async def unassign(self, room_id: str, worker: str | None = None) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.config import Config
+from bot.consent import OptOuts
 from bot.errors import ConfigError
 from bot.rtc.commands import CallCommands, CallExtras, MediaState
 
@@ -29,6 +31,14 @@ def fleet_worker(config: Config, rtc: MatrixRTCSessionManager, post: PostFn) -> 
         metrics_address=config.metrics.address,
         post=post,
     )
+
+
+def fleet_optouts(fleet: FleetWorker, local: Path) -> OptOuts:
+    from bot.fleet.consent import FleetOptOuts
+
+    optouts = FleetOptOuts(fleet.db, local)
+    fleet.optouts = optouts
+    return optouts
 
 
 def fleet_store_url(url: str) -> str:

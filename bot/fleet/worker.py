@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.fleet import FleetLost, assignments
+from bot.fleet.consent import FleetOptOuts
 from bot.fleet.db import Assignment, FleetDb, Worker
 from bot.log import context
 from bot.matrix.rest import MatrixHttpError
@@ -79,6 +80,8 @@ class FleetWorker:
         self.on_lead: Callable[[], None] | None = None
         #: runs a scheduled plan here (ScheduledCalls.fire)
         self.fire_here: FireFn | None = None
+        #: the opt-outs kept in the database (bot.fleet.consent), refreshed every tick
+        self.optouts: FleetOptOuts | None = None
         #: rooms whose assignment this worker is working on (joining, joined), and how
         self._held: dict[str, Assignment] = {}
         self._fired: set[str] = set()
@@ -96,6 +99,8 @@ class FleetWorker:
         self.device_id = device_id
         await self.db.connect()
         await self.db.register(device_id, self.max_calls, self.metrics_address)
+        if self.optouts is not None:
+            await self.optouts.load()
         await self.tick()
         self._loop = asyncio.create_task(self._run(), name="fleet")
         log.info(
@@ -142,6 +147,8 @@ class FleetWorker:
             current = await self._take_over(workers, current)
             await self.db.forget_dead()
         self.snapshot = Snapshot(workers, current, await self.db.leader())
+        if self.optouts is not None:
+            self.optouts.refresh(await self.db.optouts())
         self._apply([a for a in current if a.worker == self.device_id])
 
     async def _take_over(
