@@ -19,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from bot.files import private_dir
 from bot.log import register_secret
 from bot.plugin import (
     Arg,
@@ -46,6 +47,13 @@ from plugins.transcriber.engine import (
     shared_engine,
 )
 from plugins.transcriber.remote_engine import RemoteEngine, RemoteSettings, shared_remote_engine
+from plugins.transcriber.resume import (
+    read_partial,
+    remove_partial,
+    seconds_since,
+    shifted,
+    write_partial,
+)
 from plugins.transcriber.transcript import FORMATS, Line, Transcript
 from plugins.transcriber.vad import Segmenter, Utterance, VadSettings
 
@@ -183,12 +191,17 @@ class Transcriber(Plugin):
         self.captions: Captions | None = None
         self._speakers: dict[str, _Speaker] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        #: seconds added to this process's times (a transcript continued after a crash)
+        self._offset = 0.0
         #: seconds from the end of each utterance to its caption being posted
         self.latencies: deque[float] = deque(maxlen=1000)
 
     async def on_call_start(self, call: CallContext) -> None:
         self.call = call
-        if call.room_id in self.config.auto_rooms:
+        earlier = await call.run_blocking(read_partial, call.folder) if call.resumed else None
+        if earlier is not None:
+            await self.start(earlier)  # the transcript of before the crash goes on
+        elif call.room_id in self.config.auto_rooms:
             await self.start()
 
     async def on_call_end(self) -> None:
@@ -213,7 +226,9 @@ class Transcriber(Plugin):
 
     # ------------------------------------------------------------------ start / stop
 
-    async def start(self) -> None:
+    async def start(self, earlier: Transcript | None = None) -> None:
+        """Start transcribing; ``earlier``: the transcript of this call that a crash
+        interrupted (bot.rtc.resume, a fleet's takeover), which this one continues."""
         call = self._call()
         try:
             await self.engine.start()
@@ -223,6 +238,7 @@ class Transcriber(Plugin):
         try:
             await captions.open(
                 "📝 This call is being transcribed"
+                + (" again (the transcript goes on)" if earlier is not None else "")
                 + (" (live captions in this thread)" if self.config.captions == "thread" else "")
                 + ". Type !optout to keep your voice out of the transcript."
             )
@@ -231,7 +247,11 @@ class Transcriber(Plugin):
                 f"I could not post the transcription notice, so I am not transcribing: {e}"
             ) from None
         self.captions = captions
-        self.transcript = Transcript(call.folder.name, room_id=call.room_id)
+        self.transcript = earlier or Transcript(call.folder.name, room_id=call.room_id)
+        # This process's clock starts at 0 now; the earlier lines are in the call's time.
+        self._offset = seconds_since(self.transcript.origin_utc) if earlier is not None else 0.0
+        await call.run_blocking(private_dir, call.folder)
+        await call.run_blocking(write_partial, call.folder, self.transcript)
         log.info("transcribing (model %s)", self.config.model)
 
     async def stop(self) -> None:
@@ -245,6 +265,7 @@ class Transcriber(Plugin):
             await asyncio.gather(*self._jobs, return_exceptions=True)
         self.transcript = None
         paths = await call.run_blocking(transcript.write, call.folder)
+        await call.run_blocking(remove_partial, call.folder)
         missed = sum(transcript.missed.values())
         summary = (
             f"📝 Transcription stopped: {len(transcript.lines)} lines from "
@@ -332,8 +353,12 @@ class Transcriber(Plugin):
         # They may have opted out while we listened.
         if not recognized or transcript is None or self._call().opted_out(who.user_id):
             return
-        line = _line(who, utterance, recognized)
+        line = shifted(_line(who, utterance, recognized), self._offset)
         transcript.add(line)
+        try:  # so that a crash loses no line (plugins.transcriber.resume)
+            await self._call().run_blocking(write_partial, self._call().folder, transcript)
+        except OSError as e:
+            log.warning("could not keep the transcript so far: %s", e)
         if self.captions is not None:
             try:
                 await self.captions.add(line)
