@@ -17,7 +17,13 @@ from bot.commands.registry import CommandRegistry
 from bot.config import Config
 from bot.consent import ConsentCommands, OptOuts
 from bot.fleet import FleetLost
-from bot.fleet.setup import fleet_call_commands, fleet_optouts, fleet_store_url, fleet_worker
+from bot.fleet.setup import (
+    fleet_call_commands,
+    fleet_optouts,
+    fleet_store_url,
+    fleet_timezones,
+    fleet_worker,
+)
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage, notice
@@ -163,8 +169,11 @@ class CallBot:
             timezone=sc.timezone,
             misfire_grace_s=sc.misfire_grace,
         )
-        timezones = RoomTimezones(
-            config.bot.data_dir / "room_timezones.json", sc.timezone, sc.room_timezones
+        zones_file = config.bot.data_dir / "room_timezones.json"
+        timezones = (
+            fleet_timezones(self.fleet, zones_file, sc.timezone, sc.room_timezones)
+            if self.fleet
+            else RoomTimezones(zones_file, sc.timezone, sc.room_timezones)
         )
         added = self.registry.register(
             ScheduleCommands(

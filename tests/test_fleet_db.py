@@ -75,3 +75,27 @@ async def test_opt_outs_are_shared_by_the_workers(pg: Postgres, tmp_path: Path) 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_room_time_zones_are_the_fleets(pg: Postgres, tmp_path: Path) -> None:
+    from bot.fleet.timezones import FleetRoomTimezones
+
+    earlier = tmp_path / "room_timezones.json"
+    earlier.write_text('{"rooms": {"!r:x": "Europe/Berlin", "!s:x": "Asia/Tokyo"}}')
+    a, b = await _worker(pg, "A"), await _worker(pg, "B")
+    try:
+        await b.set_room_zone("!s:x", "America/Chicago")  # set in the fleet already: kept
+        on_a = FleetRoomTimezones(a, earlier)
+        await on_a.load()
+        assert on_a.name("!r:x") == "Europe/Berlin" and on_a.name("!s:x") == "America/Chicago"
+        on_a.set("!t:x", "Africa/Lagos")  # !timezone on the leader
+        assert on_a.name("!t:x") == "Africa/Lagos"
+        await asyncio.gather(*on_a._writes)
+        await a.close()  # the leader dies; the next one reads the zones as it takes the lead
+        on_b = FleetRoomTimezones(b, tmp_path / "none.json")
+        await on_b.load()
+        assert on_b.name("!t:x") == "Africa/Lagos" and on_b.name("!r:x") == "Europe/Berlin"
+        assert on_b.name("!u:x") == "UTC"
+    finally:
+        await a.close()
+        await b.close()

@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS callbot_fleet_optouts (
     user_id text NOT NULL,
     PRIMARY KEY (account, room_id, user_id)
 );
+CREATE TABLE IF NOT EXISTS callbot_fleet_room_zones (
+    account text NOT NULL,
+    room_id text NOT NULL,
+    zone text NOT NULL,
+    PRIMARY KEY (account, room_id)
+);
 CREATE TABLE IF NOT EXISTS callbot_fleet_calls (
     account text NOT NULL,
     room_id text NOT NULL,
@@ -331,6 +337,21 @@ class FleetDb:
                 (self.account, room_id, user_id),
             )
         await self.notify()
+
+    async def room_zones(self) -> dict[str, str]:
+        rows = await self.query(
+            "SELECT room_id, zone FROM callbot_fleet_room_zones WHERE account = %s",
+            (self.account,),
+        )
+        return {r["room_id"]: r["zone"] for r in rows}
+
+    async def set_room_zone(self, room_id: str, zone: str, replace: bool = True) -> None:
+        await self.query(
+            "INSERT INTO callbot_fleet_room_zones (account, room_id, zone) VALUES (%s, %s, %s) "
+            "ON CONFLICT (account, room_id) DO UPDATE SET zone = "
+            "CASE WHEN %s THEN EXCLUDED.zone ELSE callbot_fleet_room_zones.zone END",
+            (self.account, room_id, zone, replace),
+        )
 
     async def unassign(self, room_id: str, worker: str | None = None) -> None:
         """The room's call is no longer held (by ``worker``, if given)."""

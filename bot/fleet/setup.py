@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ from bot.config import Config
 from bot.consent import OptOuts
 from bot.errors import ConfigError
 from bot.rtc.commands import CallCommands, CallExtras, MediaState
+from bot.schedule.timezones import RoomTimezones
 
 if TYPE_CHECKING:
     from bot.fleet.worker import FleetWorker, PostFn
@@ -39,6 +41,16 @@ def fleet_optouts(fleet: FleetWorker, local: Path) -> OptOuts:
     optouts = FleetOptOuts(fleet.db, local)
     fleet.optouts = optouts
     return optouts
+
+
+def fleet_timezones(
+    fleet: FleetWorker, local: Path, default: str, rooms: Mapping[str, str]
+) -> RoomTimezones:
+    from bot.fleet.timezones import FleetRoomTimezones
+
+    timezones = FleetRoomTimezones(fleet.db, local, default, rooms)
+    fleet.timezones = timezones
+    return timezones
 
 
 def fleet_store_url(url: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from bot.fleet import FleetLost, assignments
 from bot.fleet.consent import FleetOptOuts
 from bot.fleet.db import Assignment, FleetDb, Worker
+from bot.fleet.timezones import FleetRoomTimezones
 from bot.log import context
 from bot.matrix.rest import MatrixHttpError
 from bot.rtc.focus import RtcError
@@ -82,6 +83,8 @@ class FleetWorker:
         self.fire_here: FireFn | None = None
         #: the opt-outs kept in the database (bot.fleet.consent), refreshed every tick
         self.optouts: FleetOptOuts | None = None
+        #: the rooms' time zones there (bot.fleet.timezones), read on taking the lead
+        self.timezones: FleetRoomTimezones | None = None
         #: rooms whose assignment this worker is working on (joining, joined), and how
         self._held: dict[str, Assignment] = {}
         self._fired: set[str] = set()
@@ -137,6 +140,8 @@ class FleetWorker:
         if not self.is_leader and await self.db.try_lead():
             self.is_leader = True
             log.info("this worker (%s) is now the fleet's leader", self.device_id)
+            if self.timezones is not None:
+                await self.timezones.load()
             if self.on_lead is not None:
                 self.on_lead()
         joined = [s.room_id for s in self.rtc.joined_sessions()]
