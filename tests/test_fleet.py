@@ -200,10 +200,10 @@ async def test_join_in_two_rooms_lands_one_call_on_each_worker(
 
 @contextlib.asynccontextmanager
 async def recorded_call(
-    fleet: Fleet, alice: JsPeer, sfu: DevSfu
+    fleet: Fleet, alice: JsPeer, sfu: DevSfu, transcribe: bool = False
 ) -> AsyncIterator[tuple[str, lkclient.Tone]]:
-    """alice in her room's call publishing a 440 Hz tone; `!join` and `!record start` typed;
-    (the room, her tone) once a worker records."""
+    """alice in her room's call publishing a 440 Hz tone; `!join` and `!record start` typed
+    (and `!transcribe start`); (the room, her tone) once a worker records (and transcribes)."""
     room = await room_with(fleet, alice)
     focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
     await alice.call("rtc_join", room_id=room, foci=focus)
@@ -227,6 +227,13 @@ async def recorded_call(
             TIMEOUT,
             "the recording",
         )
+        if transcribe:
+            await alice.call("send_text", room_id=room, body="!transcribe start")
+            await wait_until(
+                lambda: any(logged_start(w, "transcribing") for w in fleet.workers),
+                TIMEOUT,
+                "the transcription",
+            )
         yield room, tone
     finally:
         keys.cancel()
@@ -241,9 +248,10 @@ def logged_start(worker: BotProcess, start: str) -> bool:
 async def test_a_killed_workers_recorded_call_is_taken_over_in_the_same_folder(
     synapse: Synapse, pg: Postgres, tmp_path: Path, sfu: DevSfu
 ) -> None:
-    """SIGKILL of the worker holding a recorded call (the leader, so the lock moves too):
-    within 20 s another worker is in the call and recording, as part 2 in the same folder;
-    the files play and meta.json names the gap; the dead device's delayed leave removes it."""
+    """SIGKILL of the worker holding a recorded and transcribed call (the leader, so the lock
+    moves too): within 20 s another worker is in the call and recording, as part 2 in the same
+    folder, and transcribing on; the files play and meta.json names the gap; the dead
+    device's delayed leave removes it from the call."""
     from tests.test_recorder import decode, level
 
     fleet = Fleet(
@@ -251,14 +259,15 @@ async def test_a_killed_workers_recorded_call_is_taken_over_in_the_same_folder(
         pg,
         tmp_path,
         f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n'
-        '[plugins]\nenabled = ["recorder"]\n[plugins.recorder]\nupload_mixed = false\n',
+        '[plugins]\nenabled = ["recorder", "transcriber"]\n'
+        "[plugins.recorder]\nupload_mixed = false\n",
     )
     try:
         first = await fleet.add()
         second = await fleet.add()
         async with (
             js_peer(synapse, tmp_path, "alice") as alice,
-            recorded_call(fleet, alice, sfu) as (room, _),
+            recorded_call(fleet, alice, sfu, transcribe=True) as (room, _),
         ):
             (holder,) = [w for w in fleet.workers if logged_start(w, "recording to")]
             assert holder is first  # the least loaded, then the oldest: the leader
@@ -269,6 +278,8 @@ async def test_a_killed_workers_recorded_call_is_taken_over_in_the_same_folder(
             took = time.monotonic() - killed
             print(f"recording again {took:.1f} s after the SIGKILL of its worker")
             assert took < 20.0
+            # the transcript goes on too, without anyone typing !transcribe start again
+            await wait_until(lambda: logged_start(second, "transcribing"), TIMEOUT, "captions")
             dead = fleet.device(first)
             # the dead device's delayed leave (10 s) takes its membership out of the call
             await wait_until(
@@ -299,3 +310,6 @@ async def test_a_killed_workers_recorded_call_is_taken_over_in_the_same_folder(
         assert samples.size / 48_000 > 1.5
         assert level(samples[-24_000:], 440) > 10 * level(samples[-24_000:], 660)
     assert (folder / "mixed.part2.ogg").exists()
+    transcript = json.loads((folder / "transcript.json").read_text())
+    assert transcript["origin_utc"] == folder.name and transcript["segments"] == []  # a tone
+    assert not (folder / "transcript.partial.json").exists()
