@@ -92,6 +92,9 @@ class FleetWorker:
         self._watched: set[str] = set()
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
+        #: the leader's choices (joins, takeovers) one at a time: each reads the loads that
+        #: the one before it wrote, so two joins at once never both pick one worker
+        self._choosing = asyncio.Lock()
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -149,7 +152,8 @@ class FleetWorker:
         workers = await self.db.alive()
         current = await self.db.assignments()
         if self.is_leader:
-            current = await self._take_over(workers, current)
+            async with self._choosing:
+                current = await self._take_over(workers, await self.db.assignments())
             await self.db.forget_dead()
         self.snapshot = Snapshot(workers, current, await self.db.leader())
         if self.optouts is not None:
@@ -266,6 +270,10 @@ class FleetWorker:
     async def assign(self, room_id: str, plan: dict[str, Any] | None = None) -> Worker:
         """(Leader) the room's call goes to the least loaded worker, or to the one already
         holding it; NoFreeWorker if all are full."""
+        async with self._choosing:
+            return await self._assign(room_id, plan)
+
+    async def _assign(self, room_id: str, plan: dict[str, Any] | None) -> Worker:
         workers = await self.db.alive()
         current = await self.db.assignments()
         held = next((a for a in current if a.room_id == room_id), None)
