@@ -157,17 +157,20 @@ async def test_a_schedule_fires_once_across_the_fleet_and_across_a_failover(
 async def test_join_in_two_rooms_lands_one_call_on_each_worker(
     synapse: Synapse, pg: Postgres, tmp_path: Path, sfu: DevSfu
 ) -> None:
-    """The leader assigns each `!join` to the least loaded worker; that worker joins and says
-    so; `!status` (answered by the call's worker) shows both; `!leave` ends the assignment."""
-    fleet = Fleet(synapse, pg, tmp_path, f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n')
+    """The leader assigns each `!join` to the least loaded worker within its rtc.max_calls
+    (1 here); that worker joins and says so; `!status` (answered by the call's worker) shows
+    both; a third `!join` is refused while both are full, and lands once `!leave` freed one."""
+    fleet = Fleet(
+        synapse, pg, tmp_path, f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\nmax_calls = 1\n'
+    )
     try:
         first = await fleet.add()
         second = await fleet.add()
         one, two = fleet.device(first), fleet.device(second)
         async with js_peer(synapse, tmp_path, "alice") as alice:
-            rooms = [await room_with(fleet, alice), await room_with(fleet, alice)]
+            rooms = [await room_with(fleet, alice) for _ in range(3)]
             started: list[str] = []
-            for room in rooms:
+            for room in rooms[:2]:
                 await alice.call("send_text", room_id=room, body="!join")
                 (notice,) = await wait_until(
                     lambda r=room: notices(alice, r, "Started the call (worker "), TIMEOUT, "join"
@@ -184,16 +187,22 @@ async def test_join_in_two_rooms_lands_one_call_on_each_worker(
             body = answer["body"]
             assert f"Call in {rooms[0]}: joined" in body
             assert f"worker {started[0]} (" in body and "this one" in body
-            for device, room in zip(started, rooms, strict=True):
-                assert f"worker {device}" in body and f"1/20 calls (5% load): {room}" in body
+            for device, room in zip(started, rooms[:2], strict=True):
+                assert f"worker {device}" in body and f"1/1 calls (100% load): {room}" in body
+            # both full: the third call is refused, by the leader, once
+            sent = (await alice.call("send_text", room_id=rooms[2], body="!join"))["event_id"]
+            (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "a refusal")
+            assert answer["body"].startswith("All 2 bot workers are in as many calls as they")
             sent = (await alice.call("send_text", room_id=rooms[0], body="!leave"))["event_id"]
             (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the leave")
             assert answer["body"] == "Left the call."
-            sent = (await alice.call("send_text", room_id=rooms[1], body="!status"))["event_id"]
-            (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the status")
-            assert f"worker {started[0]}: 0/20 calls" in answer["body"] or (
-                f"worker {started[0]} (leader): 0/20 calls" in answer["body"]
+            await asyncio.sleep(1.0)  # the worker deletes its assignment as it leaves
+            await alice.call("send_text", room_id=rooms[2], body="!join")
+            (notice,) = await wait_until(
+                lambda: notices(alice, rooms[2], "Started the call (worker "), TIMEOUT, "join"
             )
+            assert notice["body"].split()[4].rstrip(";") == started[0]
+            assert len(replies_to(alice, sent)) == 1
     finally:
         await fleet.stop()
 
