@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from bot.files import write_private
+from bot.plugin import write_private
 from plugins.transcriber.engine import Word
 from plugins.transcriber.transcript import Line, Transcript
 
