@@ -170,6 +170,10 @@ class RtcConfig:
     use_key_delay_ms: int = _check(_non_negative_int, default=1_000)
     #: Joiners within this age of our key get the current key instead of a new one.
     key_rotation_grace_ms: int = _check(_non_negative_int, default=10_000)
+    #: The to-device form of the media keys the bot sends (bot.rtc.key_events; it reads
+    #: all): "element_call" (io.element.call.encryption_keys, what Element Call 0.26 and
+    #: matrix-js-sdk 43 read), "spec" (MSC4143 m.rtc.encryption_key, 32-byte keys) or "both".
+    key_event_format: Literal["element_call", "spec", "both"] = "element_call"
     #: Leave a call once no other user is in it (bot.rtc.autoleave) ...
     auto_leave: bool = True
     #: ... this many seconds after the last one left (a reconnecting participant comes back)

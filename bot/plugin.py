@@ -35,6 +35,7 @@ from bot.commands.core import format_duration
 from bot.commands.registry import Arg, CommandContext, command
 from bot.errors import CommandError, PermissionDenied, UsageError
 from bot.files import private_dir, private_file, write_private, write_private_json
+from bot.log import register_secret
 
 __all__ = [
     "Arg",
@@ -61,6 +62,7 @@ __all__ = [
     "format_duration",
     "private_dir",
     "private_file",
+    "register_secret",
     "write_private",
     "write_private_json",
 ]

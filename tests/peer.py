@@ -76,10 +76,21 @@ class Peer:
         self.client.add_event_callback(on_event, nio.Event)
         self.client.add_to_device_callback(on_to_device, nio.ToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
-        self._sync = asyncio.create_task(
-            self.client.sync_forever(timeout=1000, sync_filter=SYNC_FILTER)
-        )
+        self._sync = asyncio.create_task(self._sync_forever())
         return self
+
+    async def _sync_forever(self) -> None:
+        # nio's sync loop queries device keys when it needs to; a send that queries them at
+        # the same moment makes the loop's query raise "No key query required." and end the
+        # loop (the bot's own client survives this: bot/matrix/client.py). Start it again.
+        while True:
+            try:
+                await self.client.sync_forever(timeout=1000, sync_filter=SYNC_FILTER)
+                return
+            except nio.LocalProtocolError as e:
+                if "No key query required" not in str(e):
+                    raise
+                await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         if self._sync is not None:

@@ -36,6 +36,7 @@ from bot.plugin import (
     VideoWants,
 )
 from bot.rtc.identity import livekit_room_alias
+from bot.rtc.keys import MediaKey
 from bot.rtc.session import MatrixRTCSession
 from tests import lkclient
 from tests.botproc import BotProcess, write_config
@@ -379,6 +380,63 @@ async def test_audio_keeps_flowing_across_key_rotations(
         await tone.stop()
 
 
+async def _rotate_own_key(s: Scene) -> int:
+    """Make the bot rotate its key through its real path (a member it shared the key with
+    left: a new key, sent to alice over Olm, used after the delay); the new index."""
+    own = s.session._own_key
+    assert own.current is not None
+    own._shared_with = own._shared_with | {("@ghost:localhost", "GHOST", 1)}
+    s.session.recalculate()
+    nxt = (own.current.index + 1) % 256
+    await wait_until(lambda: own.current is not None and own.current.index == nxt, TIMEOUT)
+    return nxt
+
+
+async def test_the_bots_key_index_goes_through_255_and_wraps_to_0(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """Issue 22: Element's Rust MatrixRTC crate notes native LiveKit crashing at key index
+    255 with a ring of 256. The bot's key goes to 254, 255 and wraps to 0 (a new key where
+    its first one was) through its own distribution and media path; alice's livekit client
+    hears it at each index, and hears nothing while it holds only the stale key at 0."""
+    async with scene(synapse, sfu, tmp_path) as s:
+        tone, stop, feeder = await s.both_speak()
+        probe = lkclient.AudioProbe(await s.lk.track(s.bot_identity, rtc.TrackKind.KIND_AUDIO))
+        await probe.tone(near=660, timeout=TIMEOUT)
+        own = s.session._own_key
+        assert own.current is not None and own.current.index == 0
+        # Skip most of the ring: the bookkeeping says 253 (no rotation happens here; the
+        # bot goes on encrypting with its first key, which alice holds at index 0).
+        own.current = MediaKey(own.current.key, 253)
+        for want in (254, 255):
+            assert await _rotate_own_key(s) == want
+            s.install(await s.key_from(s.bot_identity, index=want), s.bot_identity)
+            await asyncio.sleep(s.bot.config.rtc.use_key_delay_ms / 1000 + 1.0)
+            heard_at = await probe.tone(near=660, timeout=TIMEOUT)
+            assert abs(heard_at.freq - 660) < 15, (want, heard_at)
+        first = await s.key_from(s.bot_identity, index=0)  # the one alice holds at 0
+        mark = s.alice.mark()
+        assert await _rotate_own_key(s) == 0
+        wrapped = await s.alice.wait_event(
+            lambda e: e["event"] == "key" and e["identity"] == s.bot_identity and e["index"] == 0,
+            TIMEOUT,
+            since=mark,
+        )
+        assert wrapped["key"] != first["key"]  # a new key at index 0, not the old one again
+        await asyncio.sleep(s.bot.config.rtc.use_key_delay_ms / 1000 + 1.5)
+        try:  # alice holds the stale key at 0: the bot's audio does not decrypt
+            assert await probe.loudest(1.0) < lkclient.TONE_RMS
+        except TimeoutError:
+            pass  # no audio frames at all: silent too
+        s.install(wrapped, s.bot_identity)
+        heard_at = await probe.tone(near=660, timeout=TIMEOUT)
+        assert abs(heard_at.freq - 660) < 15, heard_at
+        stop.set()
+        await feeder
+        await probe.close()
+        await tone.stop()
+
+
 async def test_the_bot_reconnects_after_the_sfu_drops_it(
     synapse: Synapse, sfu: DevSfu, tmp_path: Path, netns_addrs: tuple[str, str]
 ) -> None:
@@ -688,3 +746,64 @@ async def test_sigterm_finishes_the_files_and_leaves_the_call(
         assert meta["complete"] is True and "interrupted" not in meta
         assert json.loads((folder / "transcript.json").read_text())["segments"] == []
         assert stat.S_IMODE((folder / "transcript.txt").stat().st_mode) == 0o600
+
+
+async def test_a_killed_sticky_bot_is_left_by_the_jwt_service_at_once(
+    synapse: Synapse, sfu: DevSfu, tmp_path: Path
+) -> None:
+    """Issue 22: with a sticky membership the bot hands its delayed leave to the JWT service
+    (/delegate_delayed_leave, as Element Call does). SIGKILLed, it is out of the call as soon
+    as the SFU notices, long before the homeserver's 60 s timer would send the leave."""
+    account = synapse.register("bot")
+    cfg = write_config(
+        tmp_path / "config.toml",
+        synapse.url,
+        account,
+        f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\nmembership_format = "sticky"\n'
+        "delayed_leave_ms = 60000\nauto_leave = false\n"
+        # a plugin that wants media, or the bot stays on the Matrix side only
+        '[plugins]\nenabled = ["recorder"]\n[plugins.recorder]\nupload_mixed = false\n',
+    )
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        bot = await BotProcess(cfg).start()
+        try:
+            room = (await alice.call("create_room", invite=[account.user_id]))["room_id"]
+            await wait_until(lambda: bot.logged("joined on invite"), TIMEOUT, "bot in room")
+            await asyncio.sleep(1.0)
+            focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+            await alice.call("rtc_join", room_id=room, foci=focus)
+            await alice.call("send_text", room_id=room, body="!join")
+            await wait_until(
+                lambda: any(e["msg"].startswith("connected to the SFU") for e in bot.entries),
+                TIMEOUT,
+                "the bot's media",
+            )
+            await wait_until(
+                lambda: any("watches our delayed leave" in e["msg"] for e in bot.entries),
+                TIMEOUT,
+                "the delegation",
+            )
+            seen = await alice.wait_event(
+                lambda e: (
+                    e["event"] == "memberships"
+                    and any(m["user_id"] == account.user_id for m in e["members"])
+                ),
+                TIMEOUT,
+            )
+            assert any(m["user_id"] == account.user_id for m in seen["members"])
+            mark = alice.mark()
+            loop = asyncio.get_running_loop()
+            killed_at = loop.time()
+            await bot.stop(signal.SIGKILL)
+            await alice.wait_event(
+                lambda e: (
+                    e["event"] == "memberships"
+                    and not any(m["user_id"] == account.user_id for m in e["members"])
+                ),
+                45.0,
+                since=mark,
+            )
+            assert loop.time() - killed_at < 30.0  # the homeserver alone: 60 s
+        finally:
+            if bot.proc and bot.proc.returncode is None:
+                await bot.stop(signal.SIGKILL)

@@ -3,15 +3,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.rtc.membership import (
     DEFAULT_EXPIRE_MS,
     active_memberships,
+    is_leave,
     parse_legacy,
+    parse_rtc,
     transport_of,
 )
+from tests.fixtures import fixture
 from tests.strategies import json_values
 
 NOW = 1_764_000_000_000
@@ -257,3 +261,81 @@ def test_parse_legacy_rejects_bad_envelopes() -> None:
     for broken in ({"sender": "nobody"}, {**legacy("@a:x", "A"), "origin_server_ts": "soon"}):
         with pytest.raises(_Invalid):
             parse_legacy(broken)
+
+
+# --------------------------------------------------------------------------- captured forms
+
+
+def _members_of(*events: dict, joined: frozenset[str] = frozenset()) -> list:
+    users = joined or frozenset(e["sender"] for e in events)
+    return active_memberships(
+        state_events=[], sticky_events=list(events), joined_users=users, now_ms=NOW
+    )
+
+
+def test_js43_js42_and_spec_sticky_forms_are_all_members() -> None:
+    js43 = fixture("memberships", "rtc_member_js43")["event"]
+    js42 = fixture("memberships", "rtc_member_js42")["event"]
+    spec = fixture("memberships", "rtc_member_spec")["event"]
+    (m43,) = _members_of(js43)
+    assert (m43.device_id, m43.member_id, m43.call_intent) == (
+        "JSDEVICE",
+        js43["content"]["member"]["id"],
+        "video",
+    )
+    assert m43.transports[0]["livekit_service_url"] == "https://rtc.example.org/livekit/jwt"
+    (m42,) = _members_of(js42)
+    assert m42.transports == m43.transports
+    (ms,) = _members_of(spec)
+    assert (ms.user_id, ms.device_id, ms.member_id) == (
+        "@bob:example.org",
+        "RUSTDEVICE",
+        "b0b-member",
+    )
+    # MSC4195's m.livekit/url is read as the livekit transport js clients understand.
+    assert ms.transports == (
+        {"type": "livekit", "livekit_service_url": "https://rtc.other.example/livekit/jwt"},
+    )
+    assert transport_of(ms, [ms]) == ms.transports[0]
+
+
+def test_a_js43_refresh_is_still_a_member() -> None:
+    (m,) = _members_of(fixture("memberships", "rtc_member_js43_refresh")["event"])
+    assert m.event_id == "$rtcrefresh43"
+
+
+def test_leaves_in_both_forms_are_not_members() -> None:
+    for join, leave in (
+        ("rtc_member_js43", "rtc_member_leave_js43"),
+        ("rtc_member_spec", "rtc_member_spec_leave"),
+    ):
+        left = fixture("memberships", leave)["event"]
+        assert is_leave(left["content"])
+        assert not is_leave(fixture("memberships", join)["event"]["content"])
+        assert _members_of(left) == []
+    # A spec leave that kept the rest of the join is no member either.
+    join = fixture("memberships", "rtc_member_spec")["event"]
+    join["content"]["member"]["membership"] = "leave"
+    assert is_leave(join["content"]) and _members_of(join) == []
+    with pytest.raises(ValueError, match="not join"):
+        parse_rtc(join)
+
+
+def test_spec_form_checks() -> None:
+    base = fixture("memberships", "rtc_member_spec")["event"]
+
+    def with_member(**member: Any) -> dict:
+        ev = copy.deepcopy(base)
+        ev["content"]["member"] = {"id": "b0b-member", "membership": "join", **member}
+        return ev
+
+    assert _members_of(with_member(device_id="D"))[0].device_id == "D"
+    assert _members_of(with_member(claimed_device_id="D", claimed_user_id="@bob:example.org"))
+    assert _members_of(with_member()) == []  # no device: nothing to attribute keys to
+    assert _members_of(with_member(claimed_device_id="D", user_id="@eve:example.org")) == []
+    assert _members_of(with_member(claimed_device_id="D", membership="knock")) == []
+
+
+def test_is_leave_never_raises_and_parsers_agree() -> None:
+    for content in ({}, {"slot_id": "x"}, {"sticky_key": "k"}, {"member": "x"}, None, [], 3):
+        assert is_leave(content) in (True, False)

@@ -282,3 +282,58 @@ async def test_a_leave_during_the_join_stops_it(synapse: Synapse, tmp_path: Path
     finally:
         release.set()
         await runner.cleanup()
+
+
+SLOT_TYPE = "org.matrix.msc4143.rtc.slot"
+
+
+async def test_a_closed_slot_is_not_joined(synapse: Synapse, tmp_path: Path) -> None:
+    """Issue 22: a room whose MatrixRTC slot is closed (matrix-js-sdk 43's
+    ensureRtcSlotClosed) gets a clear reply, and the call once it is open again."""
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc=MINT)
+    async with running_bot(config) as bot, peer(synapse, tmp_path, "alice") as alice:
+        room = await _room(alice, account.user_id, power_level_override=CALLS_ALLOWED)
+        closed = {"status": "closed", "application": {"type": "m.call"}}
+        resp = await alice.client.room_put_state(room, SLOT_TYPE, closed, "m.call#ROOM")
+        assert isinstance(resp, nio.RoomPutStateResponse), resp
+        session = bot.rtc.get_room_session(room)
+        await wait_until(lambda: session.slot is not None, what="the slot in the bot's sync")
+        reply = await alice.ask(room, "!join", account.user_id)
+        assert "closed" in reply and "will not join" in reply
+        assert not session.is_joined
+        opened = {"status": "open", "application": {"type": "m.call"}}
+        await alice.client.room_put_state(room, SLOT_TYPE, opened, "m.call#ROOM")
+        await wait_until(lambda: session.slot is not None and session.slot.open, what="open")
+        assert (await alice.ask(room, "!join", account.user_id)).startswith("Started the call")
+        assert await alice.ask(room, "!leave", account.user_id) == "Left the call."
+
+
+async def test_status_shows_who_declined_the_call(synapse: Synapse, tmp_path: Path) -> None:
+    """Issue 22: declines (MSC4310) of the bot's call notification show in !status."""
+    account = synapse.register("bot")
+    config = bot_config(synapse, account, tmp_path / "data", rtc=MINT)
+    async with (
+        running_bot(config) as bot,
+        peer(synapse, tmp_path, "alice") as alice,
+        peer(synapse, tmp_path, "bob") as bob,
+    ):
+        room = await _room(alice, account.user_id, power_level_override=CALLS_ALLOWED)
+        await alice.invite(room, bob.user_id)
+        await bob.join(room)
+        assert (await alice.ask(room, "!join", account.user_id)).startswith("Started the call")
+        note = await wait_until(lambda: _find_notification(alice, room), what="notification")
+        assert note["content"]["slot_id"] == note["content"]["msc4354_sticky_key"] == "m.call#ROOM"
+        decline = {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": note["event_id"]},
+            "msc4354_sticky_key": note["event_id"],
+        }
+        resp = await bob.client.room_send(
+            room, "org.matrix.msc4310.rtc.decline", decline, ignore_unverified_devices=True
+        )
+        assert isinstance(resp, nio.RoomSendResponse), resp
+        session = bot.rtc.get_room_session(room)
+        await wait_until(lambda: session.notifications.declines(), what="the decline")
+        status = await alice.ask(room, "!status", account.user_id)
+        assert f"declined: {bob.user_id}" in status
+        await alice.ask(room, "!leave", account.user_id)

@@ -284,3 +284,137 @@ async def test_sticky_memberships_with_a_matrix_2_0_js_peer(
                 TIMEOUT,
                 since=mark,
             )
+
+
+def _legacy_member_content(device_id: str, user_id: str, service_url: str) -> dict[str, Any]:
+    return {
+        "application": "m.call",
+        "call_id": "",
+        "scope": "m.room",
+        "device_id": device_id,
+        "membershipID": f"{user_id}:{device_id}",
+        "expires": 14_400_000,
+        "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+        "foci_preferred": [{"type": "livekit", "livekit_service_url": service_url}],
+    }
+
+
+def _spec_key(room: str, member_id: str, index: int, raw: bytes) -> dict[str, Any]:
+    """MSC4143's m.rtc.encryption_key content (unpadded base64, format 0)."""
+    key = base64.b64encode(raw).decode().rstrip("=")
+    return {
+        "room_id": room,
+        "member_id": member_id,
+        "media_key": {"index": index, "key": key, "format": 0},
+    }
+
+
+async def test_spec_key_events_are_taken_from_olm_only(
+    synapse: Synapse, jwt: DevSfu, tmp_path: Path
+):
+    """Issue 22: a real Olm peer (js-sdk's rust crypto) sends MSC4143 key events. Encrypted
+    ones under both names are installed under its identity; one in clear, one naming another
+    device's membership and an Element Call one claiming another device are not."""
+    bot_account = synapse.register("bot")
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
+        config = bot_config(synapse, bot_account, tmp_path / "data", rtc=own_sfu(jwt))
+        async with running_bot(config) as bot:
+            room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
+            await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
+            await alice.call("rtc_join", room_id=room, foci=[focus])
+            session = bot.rtc.get_room_session(room)
+            received: list[EncryptionKeyChanged] = []
+            session.encryption_key_changed.connect(received.append)
+            await wait_until(lambda: session.memberships, TIMEOUT, "alice's call")
+            await session.join()
+            # A second device of alice's in the call (posted by alice: receivers trust the
+            # sender and the content's device_id, js session.ts).
+            await alice.call(
+                "send_state",
+                room_id=room,
+                type="org.matrix.msc3401.call.member",
+                state_key=f"_{alice.user_id}_OTHERDEV_m.call",
+                content=_legacy_member_content("OTHERDEV", alice.user_id, jwt.http_url),
+            )
+            await wait_until(lambda: len(session.memberships) == 3, TIMEOUT, "three members")
+            alice_member = next(m for m in session.memberships if m.device_id == alice.device_id)
+            other_member = next(m for m in session.memberships if m.device_id == "OTHERDEV")
+
+            bot_dev = bot.matrix.device_id
+            keys = {i: bytes([i]) * 32 for i in range(20, 26)}
+
+            async def send(type_: str, content: dict[str, Any], encrypted: bool = True) -> None:
+                await alice.call(
+                    "send_to_device",
+                    type=type_,
+                    user_id=bot_account.user_id,
+                    device_id=bot_dev,
+                    content=content,
+                    encrypted=encrypted,
+                )
+
+            spec = "m.rtc.encryption_key"
+            await send(spec, _spec_key(room, alice_member.member_id, 20, keys[20]), encrypted=False)
+            await send(spec, _spec_key(room, other_member.member_id, 21, keys[21]))
+            element_call = {
+                "keys": {"index": 22, "key": b64(keys[22])},
+                "member": {"id": other_member.member_id, "claimed_device_id": "OTHERDEV"},
+                "room_id": room,
+                "session": {"application": "m.call", "call_id": "", "scope": "m.room"},
+                "sent_ts": int(time.time() * 1000),
+            }
+            await send("io.element.call.encryption_keys", element_call)
+            await send(spec, _spec_key(room, alice_member.member_id, 23, keys[23]))
+            unstable = "org.matrix.msc4143.rtc.encryption_key"
+            await send(unstable, _spec_key(room, alice_member.member_id, 24, keys[24]))
+
+            def got(index: int) -> EncryptionKeyChanged | None:
+                return next((k for k in received if not k.own and k.key.index == index), None)
+
+            spec_key = await wait_until(lambda: got(23), TIMEOUT, "the spec key")
+            unstable_key = await wait_until(lambda: got(24), TIMEOUT, "the unstable-name key")
+            for k, index in ((spec_key, 23), (unstable_key, 24)):
+                assert k.key.key == keys[index]
+                assert k.identity == alice.identity
+                assert k.membership is not None and k.membership.device_id == alice.device_id
+            # Sent before those, in the same order: had they been taken, they would be here.
+            assert got(20) is None, "a key sent in clear was installed"
+            assert got(21) is None, "a key naming another device's membership was installed"
+            assert got(22) is None, "a key claiming another device was installed"
+
+
+async def test_keys_sent_in_both_forms_reach_js_and_a_spec_reader(
+    synapse: Synapse, jwt: DevSfu, tmp_path: Path
+):
+    """rtc.key_event_format = "both": matrix-js-sdk 43 installs the 32-byte key from the
+    Element Call form, and the same key arrives Olm-encrypted in the spec form."""
+    bot_account = synapse.register("bot")
+    async with js_peer(synapse, tmp_path, "alice") as alice:
+        focus = {"type": "livekit", "livekit_service_url": jwt.http_url}
+        rtc = {**own_sfu(jwt), "key_event_format": "both"}
+        config = bot_config(synapse, bot_account, tmp_path / "data", rtc=rtc)
+        async with running_bot(config) as bot:
+            room = (await alice.call("create_room", invite=[bot_account.user_id]))["room_id"]
+            await wait_until(lambda: room in bot.matrix.joined_rooms(), TIMEOUT, "bot in room")
+            await alice.call("rtc_join", room_id=room, foci=[focus])
+            session = bot.rtc.get_room_session(room)
+            await wait_until(lambda: session.memberships, TIMEOUT, "alice's call")
+            access = await session.join()
+            from_bot = await _wait_key_from(alice, room, access.identity)
+            own = session.own_key
+            assert own is not None and len(own.key) == 32
+            assert (from_bot["key"], from_bot["index"]) == (b64(own.key), own.index)
+            spec = await alice.wait_event(
+                lambda e: e["event"] == "to_device" and e["type"] == "m.rtc.encryption_key",
+                timeout=TIMEOUT,
+            )
+            assert spec["encrypted"] and spec["sender"] == bot_account.user_id
+            assert spec["sender_device"] == bot.matrix.device_id
+            content = spec["content"]
+            assert content["room_id"] == room
+            assert content["member_id"] == f"{bot_account.user_id}:{bot.matrix.device_id}"
+            media = content["media_key"]
+            assert (media["index"], media["format"]) == (own.index, 0)
+            assert "=" not in media["key"]  # unpadded, as MSC4143 says
+            assert base64.b64decode(media["key"] + "=" * (-len(media["key"]) % 4)) == own.key

@@ -60,3 +60,16 @@ def test_never_raises(value) -> None:
     if isinstance(value, dict):
         store.add({**ev("$a", 1), **value}, received_ms=0)
     store.current(TYPE, now_ms=0)
+
+
+def test_the_stable_sticky_key_is_read_too() -> None:
+    """MSC4143's latest memberships carry ``sticky_key`` (the MSC4354 stable name) only."""
+    store = StickyStore()
+    spec = {**ev("$s", 1000), "content": {"sticky_key": "member-1"}}
+    assert store.add(spec, received_ms=1000)
+    newer = {**ev("$t", 2000), "content": {"sticky_key": "member-1", "x": 1}}
+    assert store.add(newer, received_ms=2000)  # the same key: it replaces the first
+    assert [e["event_id"] for e in store.current(TYPE, now_ms=2000)] == ["$t"]
+    both = {**ev("$u", 3000, key="k2"), "content": {"msc4354_sticky_key": "k2", "sticky_key": "k3"}}
+    assert store.add(both, received_ms=3000)  # the unstable name wins, as js reads it
+    assert len(store.current(TYPE, now_ms=3000)) == 2

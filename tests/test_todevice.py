@@ -106,8 +106,21 @@ async def test_unknown_device_is_a_clear_error(synapse: Synapse, tmp_path: Path)
             raise AssertionError("sending to an unknown device should fail")
 
 
-async def test_a_forged_device_claim_does_not_match(synapse: Synapse, tmp_path: Path) -> None:
-    """A payload claiming another device of the sender is caught by the key check."""
+SPEC_CONTENT = {
+    "room_id": "!room:localhost",
+    "member_id": "m",
+    "media_key": {"index": 3, "key": "q83vEjRWeJBvXqkzHq1bAKrN7xI0VniQb16pMx6tWwA", "format": 0},
+}
+
+
+@pytest.mark.parametrize(
+    ("event_type", "content"), [(KEYS_TYPE, CONTENT), ("m.rtc.encryption_key", SPEC_CONTENT)]
+)
+async def test_a_forged_device_claim_does_not_match(
+    synapse: Synapse, tmp_path: Path, event_type: str, content: dict
+) -> None:
+    """A payload claiming another device of the sender is caught by the key check, in the
+    Element Call and the spec key form alike (the spec form's device is this claim only)."""
     todevice.install()
     async with peer(synapse, tmp_path, "alice") as alice, peer(synapse, tmp_path, "bob") as bob:
         other = nio.AsyncClient(synapse.url, alice.user_id, store_path=str(tmp_path / "other"))
@@ -119,7 +132,7 @@ async def test_a_forged_device_claim_does_not_match(synapse: Synapse, tmp_path: 
         alice.client.olm.device_id = login.device_id  # what a tampering client would claim
         try:
             await todevice.send_encrypted(
-                alice.client, bob.user_id, bob.client.device_id, KEYS_TYPE, CONTENT
+                alice.client, bob.user_id, bob.client.device_id, event_type, content
             )
         finally:
             alice.client.olm.device_id = real_device
@@ -129,7 +142,7 @@ async def test_a_forged_device_claim_does_not_match(synapse: Synapse, tmp_path: 
             ),
             what="the decrypted to-device event",
         )
-        assert event.sender_device == login.device_id
+        assert (event.type, event.sender_device) == (event_type, login.device_id)
         assert not await todevice.check_sender_device(bob.client, event)
         # The claimed device exists and is known now: it is the keys that do not match.
         assert login.device_id in bob.client.olm.device_store[alice.user_id]

@@ -18,7 +18,10 @@ Access follows ``LIVEKIT_FULL_ACCESS_HOMESERVERS``: users of the "full access" h
 default the service's own; ``*`` for all) get a token that may publish, and their request
 creates the LiveKit room; users of other homeservers get a subscribe-only token for a room that
 one of the service's own users must have created (lk-jwt-service #222 "Only allow full-access
-and local users to publish", and #238). It refuses to take over delayed leave events.
+and local users to publish", and #238). ``/delegate_delayed_leave`` takes over the delayed
+leave of a full-access user (others get lk-jwt-service's M_FORBIDDEN) and watches it as
+lk-jwt-service does (``bot.devsfu.delegation``); the older delay fields of the token requests
+stay refused.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.devsfu.auth import TokenAuthority
+from bot.devsfu.delegation import DelayedLeaves, Job, Presence
 from bot.devsfu.userinfo import OpenIdRefused, OpenIdVerifier
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 
@@ -63,6 +67,13 @@ _LEGACY_FIELDS: dict[str, type] = {
     **_DELAY_FIELDS,
 }
 _GET_TOKEN_FIELDS: dict[str, type] = {
+    "room_id": str,
+    "slot_id": str,
+    "openid_token": dict,
+    "member": dict,
+    **_DELAY_FIELDS,
+}
+_DELEGATE_FIELDS: dict[str, type] = {
     "room_id": str,
     "slot_id": str,
     "openid_token": dict,
@@ -153,11 +164,13 @@ class JwtService:
         full_access_homeservers: Sequence[str] | None = None,
         federation_tls: ssl.SSLContext | None = None,
         create_room: Callable[[str], None] | None = None,
+        present: Presence = lambda room, identity: False,
     ) -> None:
         """``server_name``: the own homeserver's, checked at ``homeserver``; others over
         federation, trusting ``federation_tls``'s CAs. ``full_access_homeservers`` defaults to
         ``[server_name]``, or to everyone (``*``) for a service not told its server name.
-        ``create_room`` is called with the LiveKit room of each full-access token."""
+        ``create_room`` is called with the LiveKit room of each full-access token;
+        ``present`` says whether an identity is on the SFU (for delegated delayed leaves)."""
         self.homeserver = homeserver.rstrip("/")
         self.authority = authority
         self._livekit_url = livekit_url
@@ -166,6 +179,7 @@ class JwtService:
             full_access_homeservers = [server_name] if server_name else ["*"]
         self.full_access_homeservers = tuple(full_access_homeservers)
         self._create_room = create_room
+        self.delayed_leaves = DelayedLeaves(present)
 
     def is_full_access(self, matrix_server_name: str) -> bool:
         # As the Go service's isFullAccessUser: "*" as the only entry means everyone.
@@ -176,6 +190,7 @@ class JwtService:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/sfu/get", self.sfu_get)
         app.router.add_route("*", "/get_token", self.get_token)
+        app.router.add_route("*", "/delegate_delayed_leave", self.delegate_delayed_leave)
 
     async def _user_id(self, token: dict[str, Any]) -> str:
         """The Matrix user the OpenID token belongs to, as its homeserver says."""
@@ -259,6 +274,63 @@ class JwtService:
             identity = hashed_identity(user_id, member["claimed_device_id"], member["id"], go=True)
             room = livekit_room_alias(body["room_id"], body["slot_id"])
             return self._answer(request, identity, room, token["matrix_server_name"])
+        except MatrixError as e:
+            return _error_response(e)
+
+    async def delegate_delayed_leave(self, request: web.Request) -> web.Response:
+        """lk-jwt-service's handleDelegateDelayedLeave: validated in its order."""
+        try:
+            body = await self._body(request, _DELEGATE_FIELDS)
+            if body is None:
+                return web.Response(headers=CORS_HEADERS)
+            token, member = body["openid_token"], body["member"]
+            if not body["room_id"] or not body["slot_id"]:
+                raise MatrixError(
+                    400, "M_BAD_JSON", "The request body is missing `room_id` or `slot_id`"
+                )
+            if not all(member[k] for k in _MEMBER_FIELDS):
+                raise MatrixError(
+                    400,
+                    "M_BAD_JSON",
+                    "The request body `member` is missing `id`, `claimed_user_id` or "
+                    "`claimed_device_id`",
+                )
+            if not token["access_token"] or not token["matrix_server_name"]:
+                raise MatrixError(
+                    400,
+                    "M_BAD_JSON",
+                    "The request body `openid_token` is missing `access_token` or "
+                    "`matrix_server_name`",
+                )
+            if not body["delay_id"] or body["delay_timeout"] <= 0 or not body["delay_cs_api_url"]:
+                raise MatrixError(
+                    400,
+                    "M_BAD_JSON",
+                    "The request body is missing `delay_id`, `delay_timeout` or `delay_cs_api_url`",
+                )
+            user_id = await self._user_id(token)
+            if member["claimed_user_id"] != user_id:
+                raise _unauthorized()
+            if not self.is_full_access(token["matrix_server_name"]):
+                raise MatrixError(
+                    403,
+                    "M_FORBIDDEN",
+                    "Delegation of delayed events is only supported for full access users",
+                )
+            # The Go service resolves the CS API from the server name (not delay_cs_api_url);
+            # here that is the one homeserver this service belongs to.
+            identity = hashed_identity(user_id, member["claimed_device_id"], member["id"], go=True)
+            self.delayed_leaves.add(
+                Job(
+                    cs_api_url=self.homeserver,
+                    delay_id=body["delay_id"],
+                    timeout_s=body["delay_timeout"] / 1000,
+                    room=livekit_room_alias(body["room_id"], body["slot_id"]),
+                    identity=identity,
+                )
+            )
+            log.info("watching the delayed leave of %s", identity)
+            return web.json_response({}, headers=CORS_HEADERS)
         except MatrixError as e:
             return _error_response(e)
 

@@ -102,8 +102,9 @@ class DevSfu:
         r.add_get("/debug/stats", self._stats)
         r.add_get("/healthz", self._ok)
         r.add_get("/", self._ok)
+        self.jwt: JwtService | None = None
         if homeserver:
-            JwtService(
+            self.jwt = JwtService(
                 homeserver,
                 self.authority,
                 self._livekit_url,
@@ -111,7 +112,9 @@ class DevSfu:
                 full_access_homeservers=full_access_homeservers,
                 federation_tls=federation_tls(str(federation_ca) if federation_ca else None),
                 create_room=self.create_room,
-            ).add_routes(self.app)
+                present=self._present,
+            )
+            self.jwt.add_routes(self.app)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -145,8 +148,17 @@ class DevSfu:
             f", OpenID checked at {self.homeserver}" if self.homeserver else "",
         )
 
+    def _present(self, room: str, identity: str) -> bool:
+        """Whether ``identity`` is connected in LiveKit room ``room`` (for delayed leaves)."""
+        found = self.rooms.get(room)
+        return found is not None and any(
+            p.identity == identity for p in found.participants.values()
+        )
+
     async def stop(self) -> None:
         """Ask every client to leave, then shut down."""
+        if self.jwt is not None:
+            await self.jwt.delayed_leaves.close()
         for room in list(self.rooms.values()):
             for p in list(room.participants.values()):
                 await disconnect(
@@ -233,6 +245,8 @@ class DevSfu:
         if room is None:
             room = self.rooms[grant.room] = Room(grant.room, self._forget_room)
         auto_subscribe = request.query.get("auto_subscribe", "1") not in ("0", "false")
+        if self.jwt is not None:
+            self.jwt.delayed_leaves.participant_joined(grant.room, grant.identity)
         await run_session(
             ws,
             room,

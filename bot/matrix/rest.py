@@ -19,7 +19,13 @@ from bot.errors import MatrixError
 log = logging.getLogger(__name__)
 
 MSC4140 = "/_matrix/client/unstable/org.matrix.msc4140"
-TRANSPORTS_PATH = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
+#: MSC4519's stable path first, then MSC4143's unstable one (what Synapse serves today)
+TRANSPORTS_PATHS = (
+    "/_matrix/client/v1/rtc/transports",
+    "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+)
+#: the path Synapse 1.163 serves (the unstable one)
+TRANSPORTS_PATH = TRANSPORTS_PATHS[1]
 
 
 class MatrixHttpError(MatrixError):
@@ -31,6 +37,19 @@ class MatrixHttpError(MatrixError):
         self.errcode = self.body.get("errcode", "")
         message = self.body.get("error", str(body)[:200])
         super().__init__(f"{what}: HTTP {status} {self.errcode} {message}".rstrip())
+
+
+class DelayIgnored(MatrixError):
+    """The homeserver answered a delayed send without a ``delay_id``: it ignored the delay
+    parameter and sent the event at once (MSC4140 unsupported there)."""
+
+
+def delay_id_of(answer: Any, what: str) -> str:
+    """The ``delay_id`` of a delayed send's answer; DelayIgnored if there is none."""
+    delay_id = answer.get("delay_id") if isinstance(answer, dict) else None
+    if not isinstance(delay_id, str) or not delay_id:
+        raise DelayIgnored(f"{what}: the homeserver sent it at once (no delay_id)")
+    return delay_id
 
 
 async def request(
@@ -108,7 +127,7 @@ async def put_delayed_state(
         query={"org.matrix.msc4140.delay": delay_ms},
         what=f"scheduling a delayed {event_type}",
     )
-    return answer["delay_id"]
+    return delay_id_of(answer, f"scheduling a delayed {event_type}")
 
 
 async def delayed_event_action(client: nio.AsyncClient, delay_id: str, action: str) -> None:
@@ -131,12 +150,17 @@ async def delayed_event_action(client: nio.AsyncClient, delay_id: str, action: s
 
 
 async def rtc_transports(client: nio.AsyncClient) -> list[dict[str, Any]]:
-    """The homeserver's advertised MatrixRTC transports (MSC4143); [] if it has none."""
-    try:
-        answer = await request(client, "GET", TRANSPORTS_PATH, what="rtc transports")
-    except MatrixHttpError as e:
-        if e.status in (400, 404, 405):
-            return []
-        raise
-    items = answer.get("rtc_transports") if isinstance(answer, dict) else None
-    return [t for t in items or [] if isinstance(t, dict) and isinstance(t.get("type"), str)]
+    """The homeserver's advertised MatrixRTC transports (MSC4143); [] if it has none.
+
+    The stable path is asked first; a server that does not know it (400/404/405, or
+    M_UNRECOGNIZED) is asked at the unstable one."""
+    for path in TRANSPORTS_PATHS:
+        try:
+            answer = await request(client, "GET", path, what="rtc transports")
+        except MatrixHttpError as e:
+            if e.status in (400, 404, 405):
+                continue
+            raise
+        items = answer.get("rtc_transports") if isinstance(answer, dict) else None
+        return [t for t in items or [] if isinstance(t, dict) and isinstance(t.get("type"), str)]
+    return []

@@ -130,7 +130,19 @@ async def send(
     answer = await rest.request(
         client, "PUT", path, content, query=query, what=f"sending a sticky {event_type}"
     )
-    return answer["delay_id"] if delay_ms is not None else answer["event_id"]
+    if delay_ms is not None:
+        return rest.delay_id_of(answer, f"scheduling a delayed {event_type}")
+    return answer["event_id"]
+
+
+def sticky_key_of(content: Any) -> str | None:
+    """The sticky key: the unstable ``msc4354_sticky_key``, else the stable ``sticky_key``."""
+    if not isinstance(content, dict):
+        return None
+    key = content.get(STICKY_KEY)
+    if not isinstance(key, str):
+        key = content.get("sticky_key")
+    return key if isinstance(key, str) else None
 
 
 class StickyStore:
@@ -144,7 +156,7 @@ class StickyStore:
         received_ms = time.time() * 1000 if received_ms is None else received_ms
         content = event.get("content")
         sender, event_type = event.get("sender"), event.get("type")
-        key = content.get(STICKY_KEY) if isinstance(content, dict) else None
+        key = sticky_key_of(content)
         ots = event.get("origin_server_ts")
         if not (
             isinstance(sender, str)

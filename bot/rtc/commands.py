@@ -12,6 +12,7 @@ from bot.errors import CommandError
 from bot.log import context
 from bot.matrix.rest import MatrixHttpError
 from bot.outbound import display_origin
+from bot.rtc import transport as lk_transport
 from bot.rtc.capacity import JoinCancelled, OnQueued, calls
 from bot.rtc.focus import RtcError
 from bot.rtc.manager import MatrixRTCSessionManager
@@ -85,7 +86,7 @@ class CallCommands:
         except (RtcError, MatrixHttpError) as e:
             raise CommandError(str(e)) from None
         # Scheme, host and port only: the URL is a member's choice and may carry anything.
-        service = display_origin(str(access.transport.get("livekit_service_url", "?")))
+        service = display_origin(lk_transport.service_url(access.transport) or "?")
         await ctx.reply(f"{started} the call (SFU via {service}; {others()} other members).")
 
     def _queued_done(self, ctx: CommandContext) -> Callable[[asyncio.Task[Any]], None]:
@@ -149,7 +150,7 @@ def describe(session: MatrixRTCSession, media_state: MediaState | None = None) -
     me = (session.client.user_id, session.client.device_id)
     if session.is_joined:
         key = session.own_key
-        url = session.sfu.transport.get("livekit_service_url") if session.sfu else None
+        url = lk_transport.service_url(session.sfu.transport) if session.sfu else None
         focus = display_origin(url) if isinstance(url, str) else "?"
         head = (
             f"Call in {session.room_id}: joined, focus {focus}, "
@@ -169,6 +170,9 @@ def describe(session: MatrixRTCSession, media_state: MediaState | None = None) -
         if media and m.device_key != me:
             state += f", media: {media}"
         lines.append(f"  {m.user_id} ({m.device_id}): {state}")
+    declined = session.notifications.declines()  # MSC4310 declines of the latest ring
+    if declined:
+        lines.append("  declined: " + ", ".join(d.user_id for d in declined))
     return lines
 
 

@@ -33,6 +33,7 @@ from bot.errors import CallbotError
 from bot.log import context, register_secret
 from bot.matrix import rest
 from bot.outbound import CheckedUrl, OutboundError, OutboundPolicy, display_host
+from bot.rtc import transport as lk_transport
 from bot.rtc.identity import hashed_identity, legacy_identity, livekit_room_alias
 from bot.rtc.membership import DEFAULT_SLOT_ID
 
@@ -76,9 +77,9 @@ async def own_transports(client: nio.AsyncClient) -> list[dict[str, Any]]:
     """The LiveKit transports the bot's own homeserver advertises (rtc/transports, then
     .well-known)."""
     found = [
-        dict(t)
+        lk_transport.normalize(t)
         for t in await rest.rtc_transports(client)
-        if t.get("type") == "livekit" and isinstance(t.get("livekit_service_url"), str)
+        if lk_transport.is_livekit(t)
     ]
     return found or await _well_known_foci(client.user_id.split(":", 1)[1])
 
@@ -92,11 +93,9 @@ async def _well_known_foci(server_name: str) -> list[dict[str, Any]]:
         return []
     foci = data.get(WELL_KNOWN_FOCI) if isinstance(data, dict) else None
     return [
-        dict(f)
+        lk_transport.normalize(f)
         for f in (foci if isinstance(foci, list) else [])
-        if isinstance(f, dict)
-        and f.get("type") == "livekit"
-        and isinstance(f.get("livekit_service_url"), str)
+        if isinstance(f, dict) and lk_transport.is_livekit(f)
     ]
 
 
@@ -108,9 +107,10 @@ async def choose_transport(
 ) -> dict[str, Any]:
     """The first of ``candidates`` (the call's focus, chosen by a member) the bot may use,
     else its own transport. One it may not use is skipped with a log line, not contacted."""
-    for transport in candidates:
-        if transport is None:
+    for candidate in candidates:
+        if candidate is None:
             continue
+        transport = lk_transport.normalize(candidate)
         if cfg.mints_tokens:  # the service URL is never contacted: the bot has its own SFU
             return transport
         try:
@@ -131,8 +131,8 @@ async def check_transport(
     """OutboundError unless the bot may send its OpenID token to ``transport``'s JWT
     service and connect to its address (first look: the connection checks again)."""
     policy = policy or outbound.current()
-    service = transport.get("livekit_service_url")
-    if not isinstance(service, str):
+    service = lk_transport.service_url(transport)
+    if service is None:
         raise OutboundError("the call's focus has no livekit_service_url")
     checked = policy.check_url(service)
     await _trusted_service(client, service, policy)
@@ -207,7 +207,7 @@ async def sfu_access(
             member_id=member_id,
             slot_id=slot_id,
         )
-    service = str(transport.get("livekit_service_url", "")).rstrip("/")
+    service = (lk_transport.service_url(transport) or "").rstrip("/")
     host = display_host(service)
     policy = outbound.current()
     try:

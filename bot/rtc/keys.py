@@ -1,29 +1,28 @@
-"""Media keys: the wire format, our own key's rotation rules, and the keys others send us.
+"""Media keys: our own key's rotation rules, and the keys others send us.
 
-Follows matrix-js-sdk's ``RTCEncryptionManager`` and ``ToDeviceKeyTransport``
-(``src/matrixrtc/RTCEncryptionManager.ts``, ``ToDeviceKeyTransport.ts``): 16-byte keys, index
-0..255 wrapping, sent Olm-encrypted as ``io.element.call.encryption_keys``; on a leave a new
-key goes to everyone, on joins within the grace period the current key goes to the joiners
-only, and a new key is used locally only ``USE_KEY_DELAY_MS`` after it was sent. Key bytes
-never appear in a repr or a log line.
+Follows matrix-js-sdk's ``RTCEncryptionManager`` (``src/matrixrtc/RTCEncryptionManager.ts``):
+index 0..255 wrapping, sent Olm-encrypted (the wire forms are ``bot.rtc.key_events``); on a
+leave a new key goes to everyone, on joins within the grace period the current key goes to the
+joiners only, and a new key is used locally only ``USE_KEY_DELAY_MS`` after it was sent. Key
+bytes never appear in a repr or a log line.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 log = logging.getLogger(__name__)
 
-KEYS_EVENT_TYPE = "io.element.call.encryption_keys"
+#: Element Call's keys are 16 bytes; MSC4195 asks for at least 32. Nothing longer than
+#: MAX_KEY_BYTES is taken (HKDF would, but no sender needs it).
 KEY_BYTES = 16
+MIN_SPEC_KEY_BYTES = 32
+MAX_KEY_BYTES = 64
 INDEX_MODULUS = 256
 #: js keyRotationGracePeriodMs: joiners within this age of the key just get the current key.
 KEY_ROTATION_GRACE_MS = 10_000
@@ -44,15 +43,22 @@ class MediaKey:
     def __post_init__(self) -> None:
         if not 0 <= self.index < INDEX_MODULUS:
             raise ValueError(f"key index {self.index} is outside 0..255")
-        # The only format read (io.element.call.encryption_keys) carries 16 random bytes; a
-        # key of another length is a broken or hostile sender, never something to encrypt
+        # A key of another length is a broken or hostile sender, never something to encrypt
         # with. (The message gives the length only: key bytes never reach a log.)
-        if len(self.key) != KEY_BYTES:
-            raise ValueError(f"a media key is {KEY_BYTES} bytes, not {len(self.key)}")
+        if why := key_length_problem(len(self.key)):
+            raise ValueError(f"a media key: {why}")
 
     @classmethod
-    def generate(cls, index: int) -> MediaKey:
-        return cls(secrets.token_bytes(KEY_BYTES), index % INDEX_MODULUS)
+    def generate(cls, index: int, size: int = KEY_BYTES) -> MediaKey:
+        return cls(secrets.token_bytes(size), index % INDEX_MODULUS)
+
+
+def key_length_problem(size: int) -> str | None:
+    """Why a key of ``size`` bytes is refused (None if it is not): Element Call sends 16
+    random bytes, the spec (MSC4195) at least 32."""
+    if size == KEY_BYTES or MIN_SPEC_KEY_BYTES <= size <= MAX_KEY_BYTES:
+        return None
+    return f"the key is {size} bytes, not {KEY_BYTES} or {MIN_SPEC_KEY_BYTES}..{MAX_KEY_BYTES}"
 
 
 @dataclass(frozen=True)
@@ -65,69 +71,6 @@ class ReceivedKey:
     key: MediaKey
     sent_ts: int | None
     received_at: float
-
-
-def encode_key_content(
-    room_id: str, key: MediaKey, device_id: str, member_id: str, now_ms: int
-) -> dict[str, Any]:
-    """The plaintext content matrix-js-sdk sends (ToDeviceKeyTransport)."""
-    return {
-        "keys": {"index": key.index, "key": base64.b64encode(key.key).decode("ascii")},
-        "member": {"claimed_device_id": device_id, "id": member_id},
-        "room_id": room_id,
-        "session": {"application": "m.call", "call_id": "", "scope": "m.room"},
-        "sent_ts": now_ms,
-    }
-
-
-def decode_key(text: str) -> bytes:
-    """Lenient base64 like js decodeBase64: padded or not, standard or URL alphabet."""
-    cleaned = text.strip().replace("-", "+").replace("_", "/").rstrip("=")
-    return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
-
-
-def parse_key_content(
-    content: Mapping[str, Any], sender: str, room_id: str, received_at: float
-) -> ReceivedKey | None:
-    """Validate a decrypted key event's content; None (with a log line) if it is unusable."""
-    why = None
-    keys = content.get("keys") if isinstance(content, Mapping) else None
-    member = content.get("member") if isinstance(content, Mapping) else None
-    if not isinstance(content, Mapping) or content.get("room_id") != room_id:
-        why = "not for this room"
-    elif not isinstance(keys, Mapping) or not isinstance(keys.get("key"), str):
-        why = "no key"
-    elif not isinstance(keys.get("index"), int) or isinstance(keys.get("index"), bool):
-        why = "no index"
-    elif not 0 <= keys["index"] < INDEX_MODULUS:
-        why = "index outside 0..255"
-    elif not isinstance(member, Mapping) or not isinstance(member.get("claimed_device_id"), str):
-        why = "no member.claimed_device_id"
-    if why is None:
-        assert isinstance(keys, Mapping) and isinstance(member, Mapping)  # the checks above
-        try:
-            raw = decode_key(keys["key"])
-        except (binascii.Error, ValueError):
-            raw = b""
-        if not raw:
-            why = "key is not base64"
-        elif len(raw) != KEY_BYTES:
-            why = f"the key is {len(raw)} bytes, not {KEY_BYTES}"
-        else:
-            member_id = member.get("id")
-            sent_ts = content.get("sent_ts")
-            return ReceivedKey(
-                user_id=sender,
-                device_id=member["claimed_device_id"],
-                member_id=member_id if isinstance(member_id, str) else None,
-                key=MediaKey(raw, keys["index"]),
-                sent_ts=(
-                    sent_ts if isinstance(sent_ts, int) and not isinstance(sent_ts, bool) else None
-                ),
-                received_at=received_at,
-            )
-    log.info("ignoring a media key event from %s: %s", sender, why)
-    return None
 
 
 # --------------------------------------------------------------------------- our own key

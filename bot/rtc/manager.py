@@ -21,10 +21,11 @@ from bot.log import context
 from bot.matrix import sticky, todevice
 from bot.matrix.client import MatrixClient
 from bot.matrix.sticky import StickyStore
+from bot.rtc import key_events
 from bot.rtc.capacity import CallSlots
-from bot.rtc.keys import KEYS_EVENT_TYPE
 from bot.rtc.membership import LEGACY_TYPES, STICKY_TYPE
 from bot.rtc.session import MatrixRTCSession, MembershipsChanged
+from bot.rtc.slot import SLOT_TYPES, parse_slot
 from bot.signals import Signal
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class MatrixRTCSessionManager:
         self._sessions: dict[str, MatrixRTCSession] = {}
         #: per room: call membership state events by (type, state_key)
         self._state: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        #: per room: the slot state events (org.matrix.msc4143.rtc.slot) by slot id
+        self._slot_state: dict[str, dict[str, dict[str, Any]]] = {}
         #: per room: sticky rtc.member events (MSC4143 memberships)
         self._sticky: dict[str, StickyStore] = {}
         #: the call limit (rtc.max_calls) every session's join goes through
@@ -112,6 +115,12 @@ class MatrixRTCSessionManager:
                 if event_type in LEGACY_TYPES and isinstance(state_key, str):
                     self._state.setdefault(room_id, {})[(event_type, state_key)] = source
                     relevant = True
+                elif event_type in SLOT_TYPES and isinstance(state_key, str):
+                    self._slot_state.setdefault(room_id, {})[state_key] = source
+                    relevant = True
+                elif room_id in self._sessions and state_key is None:
+                    # call notifications and declines (MSC4075, MSC4310), for !status
+                    self._sessions[room_id].notifications.add_event(source)
                 elif isinstance(event, nio.RoomMemberEvent):
                     relevant = True
             for raw in sticky.sticky_events_of(response, room_id):
@@ -122,6 +131,7 @@ class MatrixRTCSessionManager:
                 self._update(room_id)
         for room_id in response.rooms.leave:
             self._state.pop(room_id, None)
+            self._slot_state.pop(room_id, None)
             self._sticky.pop(room_id, None)
             if room_id in self._sessions:
                 self._update(room_id)
@@ -140,12 +150,15 @@ class MatrixRTCSessionManager:
         joined = frozenset(
             uid for uid, user in (room.users.items() if room else ()) if not user.invited
         )
-        self._sessions[room_id].update_room(state, joined)
+        session = self._sessions[room_id]
+        slot_event = self._slot_state.get(room_id, {}).get(session.slot_id)
+        session.slot = parse_slot(slot_event) if slot_event is not None else None
+        session.update_room(state, joined)
 
     # ------------------------------------------------------------------ keys
 
     async def _on_to_device(self, event: todevice.DecryptedToDeviceEvent) -> None:
-        if event.type != KEYS_EVENT_TYPE:
+        if event.type not in key_events.KEY_EVENT_TYPES:
             return
         room_id = event.content.get("room_id")
         session = self._sessions.get(room_id) if isinstance(room_id, str) else None
@@ -162,5 +175,10 @@ class MatrixRTCSessionManager:
             log.warning(
                 "ignoring a media key from a device not cross-signed by its owner", extra=ctx
             )
+            return
+        if key_events.claimed_member_of_another_device(
+            event.type, event.content, event.sender, event.sender_device, session.memberships
+        ):
+            log.warning("ignoring a media key naming another device's membership", extra=ctx)
             return
         session.handle_key_event(event)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.rtc import transport
 from bot.rtc.identity import hashed_identity, legacy_identity
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def _transports(value: Any, key: str) -> tuple[Transport, ...]:
         isinstance(t, dict) and isinstance(t.get("type"), str) for t in value
     ):
         raise _Invalid(f"{key} must be a list of objects with a string type")
-    return tuple(value)
+    return tuple(transport.normalize(t) for t in value)  # m.livekit/url read as livekit
 
 
 def _rtc_transports(content: Mapping[str, Any]) -> tuple[Transport, ...]:
@@ -172,7 +173,8 @@ def parse_legacy(event: Mapping[str, Any]) -> CallMembership:
         if value is not None and not math.isfinite(value):
             raise _Invalid(f"{key} must be a finite number")
     intent = _get(c, "m.call.intent", str, False)
-    selection = focus_active.get("focus_selection") if focus_active["type"] == "livekit" else None
+    livekit = focus_active["type"] in transport.LIVEKIT_TYPES
+    selection = focus_active.get("focus_selection") if livekit else None
     state_key = event.get("state_key")
     return CallMembership(
         kind="legacy",
@@ -206,13 +208,11 @@ def parse_rtc(event: Mapping[str, Any]) -> CallMembership:
     if not slot_id.startswith(f"{app_type}#") or slot_id.count("#") != 1:
         raise _Invalid("slot_id must be '<application>#<id>'")
     member = _get(c, "member", dict, True)
-    user_id = _get(member, "user_id", str, True)
-    if not _MXID.fullmatch(user_id) or user_id != sender:
-        raise _Invalid("member.user_id must be the sender")
-    device_id = _get(member, "device_id", str, True)
+    user_id, device_id = _member_identity(member, sender)
     member_id = _get(member, "id", str, True)
     transports = _rtc_transports(c)
-    versions = _get(c, "versions", list, True)
+    # js 43 requires versions; MSC4143's latest text (member.membership) dropped it.
+    versions = _get(c, "versions", list, "membership" not in member) or []
     if not all(isinstance(v, str) for v in versions):
         raise _Invalid("versions must be strings")
     keys = [c.get(k) for k in ("sticky_key", STICKY_KEY) if k in c]
@@ -241,9 +241,40 @@ def parse_rtc(event: Mapping[str, Any]) -> CallMembership:
     )
 
 
-def _relevant(content: Any) -> bool:
-    """js quickFilterNonRelevantContents: {} (left) and the old MSC3401 array are skipped."""
+def _member_identity(member: Mapping[str, Any], sender: str) -> tuple[str, str]:
+    """(user, device) of an rtc.member's ``member``: js 43's ``{user_id, device_id, id}``,
+    or MSC4143's latest ``{id, membership, claimed_device_id}`` (user = the sender)."""
+    if "membership" in member:
+        if member["membership"] != "join":
+            raise _Invalid("member.membership is not join")
+        user_id = member.get("user_id", member.get("claimed_user_id", sender))
+        device_id = member.get("device_id", member.get("claimed_device_id"))
+    else:
+        user_id = _get(member, "user_id", str, True)
+        device_id = _get(member, "device_id", str, True)
+    # js: "member.user_id must match the sender" (no rule lets one user post another's).
+    if not isinstance(user_id, str) or not _MXID.fullmatch(user_id) or user_id != sender:
+        raise _Invalid("member.user_id must be the sender")
+    if not isinstance(device_id, str):
+        raise _Invalid("member device_id missing")
+    return user_id, device_id
+
+
+def is_leave(content: Any) -> bool:
+    """A membership that says it left: js 43's ``{slot_id?, msc4354_sticky_key}`` (or ``{}``),
+    or MSC4143's ``member.membership: "leave"`` (with ``leave_reason``)."""
     if not isinstance(content, dict):
+        return False
+    if not [k for k in content if k not in ("slot_id", STICKY_KEY, "sticky_key")]:
+        return True
+    member = content.get("member")
+    return isinstance(member, dict) and member.get("membership") == "leave"
+
+
+def _relevant(content: Any) -> bool:
+    """js quickFilterNonRelevantContents: {} (left) and the old MSC3401 array are skipped,
+    and so is a spec-form leave."""
+    if not isinstance(content, dict) or is_leave(content):
         return False
     keys = [k for k in content if k != STICKY_KEY]
     return len(keys) > 1 and "application" in keys

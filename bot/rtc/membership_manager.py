@@ -23,7 +23,9 @@ import nio
 from bot.config import RtcConfig
 from bot.log import context
 from bot.matrix import rest, sticky
-from bot.matrix.rest import MatrixHttpError
+from bot.matrix.rest import DelayIgnored, MatrixHttpError
+from bot.rtc import delegation
+from bot.rtc import transport as lk_transport
 from bot.rtc.membership import (
     DEFAULT_EXPIRE_MS,
     DEFAULT_SLOT_ID,
@@ -88,6 +90,9 @@ class MembershipManager:
         self._seen_own = False
         self._keepalive: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None
+        self._delegating: asyncio.Task[bool] | None = None
+        #: whether the JWT service took our delayed leave (bot.rtc.delegation)
+        self.delegated = False
         self._failures = 0
         self._ctx = context(room=room_id)
 
@@ -127,10 +132,12 @@ class MembershipManager:
             return {
                 "slot_id": DEFAULT_SLOT_ID,
                 "application": {"type": "m.call", "m.call.intent": "audio"},
+                # membership: MSC4143's latest text reads it; js 43 ignores it.
                 "member": {
                     "user_id": self.client.user_id,
                     "device_id": self.client.device_id,
                     "id": self.member_id,
+                    "membership": "join",
                 },
                 "transports": {"published": [transport], "can_subscribe": ["livekit"]},
                 "rtc_transports": [transport],
@@ -173,14 +180,34 @@ class MembershipManager:
         self._started, self._iteration, self._failures = self._clock(), 1, 0
         if self._delay_id is not None:
             await self._restart_delayed_leave()
+            self._delegate_leave()
         self._keepalive = asyncio.create_task(
             self._keep_alive(), name=f"rtc-keepalive-{self.room_id}"
         )
         log.info("sent our call membership", extra=self._ctx)
         return event_id
 
+    def _delegate_leave(self) -> None:
+        """Hand the delayed leave to the JWT service too, as Element Call does (sticky
+        memberships on a JWT service only: see bot.rtc.delegation). In the background: a
+        slow service must not hold up the join."""
+        self.delegated = False
+        service = lk_transport.service_url(self.transport or {})
+        if not self.sticky or self.cfg.mints_tokens or service is None or not self._delay_id:
+            return
+        leave = delegation.DelayedLeave(
+            self.room_id, DEFAULT_SLOT_ID, self.member_id, self._delay_id, self._delay_ms
+        )
+
+        async def run() -> bool:
+            self.delegated = await delegation.delegate(self.client, service, leave)
+            return self.delegated
+
+        self._delegating = asyncio.create_task(run(), name=f"rtc-delegate-{self.room_id}")
+
     def leave_content(self) -> dict[str, Any]:
-        return {STICKY_KEY: self.member_id} if self.sticky else {}
+        # js 43 StickyEventMembershipManager: the slot and the sticky key, nothing else.
+        return {"slot_id": DEFAULT_SLOT_ID, STICKY_KEY: self.member_id} if self.sticky else {}
 
     async def _send(self, content: dict[str, Any], delay_ms: int | None = None) -> str:
         """Send our membership (or its leave); an event ID, or a delay ID if delayed."""
@@ -211,6 +238,16 @@ class MembershipManager:
             try:
                 self._delay_id = await self._send(self.leave_content(), self._delay_ms)
                 return
+            except DelayIgnored:
+                # The leave went out at once (the join that follows replaces it); without
+                # delayed events, expiry is the only clean-up, as when MSC4140 is missing.
+                log.warning(
+                    "the homeserver ignored the delay of our delayed leave (no delay_id): "
+                    "if the bot dies, its membership stays until it expires",
+                    extra=self._ctx,
+                )
+                self.delayed_leave_supported = False
+                return
             except MatrixHttpError as e:
                 max_delay = e.body.get("org.matrix.msc4140.max_delay")
                 if isinstance(max_delay, int) and 0 < max_delay < self._delay_ms:
@@ -229,6 +266,8 @@ class MembershipManager:
             # Sent already (or cancelled by our own state change): schedule a new one.
             self._delay_id = None
             await self._schedule_delayed_leave()
+            if self.joined:
+                self._delegate_leave()  # the service's job ended with the old delay ID
 
     # ------------------------------------------------------------------ staying
 
@@ -325,7 +364,7 @@ class MembershipManager:
 
     async def _stop_tasks(self) -> None:
         current = asyncio.current_task()
-        for task in (self._keepalive, self._rejoin):
+        for task in (self._keepalive, self._rejoin, self._delegating):
             if task is not None and task is not current and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

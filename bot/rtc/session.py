@@ -21,19 +21,11 @@ from bot.config import RtcConfig
 from bot.log import context
 from bot.matrix import todevice
 from bot.matrix.sticky import StickyStore
+from bot.rtc import key_events, notification
 from bot.rtc.capacity import CallSlots, JoinCancelled, OnQueued
 from bot.rtc.focus import RtcError, SfuAccess, choose_transport, sfu_access
 from bot.rtc.identity import hashed_identity, legacy_identity
-from bot.rtc.keys import (
-    KEYS_EVENT_TYPE,
-    Distribution,
-    MediaKey,
-    OwnKey,
-    ReceivedKey,
-    ReceivedKeys,
-    encode_key_content,
-    parse_key_content,
-)
+from bot.rtc.keys import Distribution, MediaKey, OwnKey, ReceivedKey, ReceivedKeys
 from bot.rtc.membership import (
     DEFAULT_SLOT_ID,
     LEGACY_TYPE,
@@ -43,12 +35,12 @@ from bot.rtc.membership import (
     transport_of,
 )
 from bot.rtc.membership_manager import MembershipManager
+from bot.rtc.slot import RtcSlot, check_joinable
 from bot.signals import Signal
 
 log = logging.getLogger(__name__)
 
-NOTIFICATION_TYPE = "org.matrix.msc4075.rtc.notification"
-NOTIFICATION_LIFETIME_MS = 30_000
+NOTIFICATION_TYPE = notification.NOTIFICATION_TYPE
 
 
 @dataclass(frozen=True)
@@ -110,7 +102,9 @@ class MatrixRTCSession:
             self.membership_manager_error.emit,
             on_rejoined=lambda: self.rejoined.emit(None),
         )
-        self._own_key = OwnKey(grace_ms=cfg.key_rotation_grace_ms)
+        self._own_key = OwnKey(
+            grace_ms=cfg.key_rotation_grace_ms, make_key=key_events.key_maker(cfg.key_event_format)
+        )
         self._received = ReceivedKeys()
         #: every key announced since joining, by (identity, index): for late listeners
         self._announced: dict[tuple[str, int], EncryptionKeyChanged] = {}
@@ -125,6 +119,9 @@ class MatrixRTCSession:
         self.joining = False
         self._join_task: asyncio.Task[SfuAccess] | None = None
         self._join_cancelled = False
+        #: the slot's state event and the room's call notifications (fed by the manager)
+        self.slot: RtcSlot | None = None
+        self.notifications = notification.NotificationLog()
 
     # ------------------------------------------------------------------ members
 
@@ -246,6 +243,7 @@ class MatrixRTCSession:
         return True
 
     async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
+        check_joinable(self.slot, self.slot_id)
         member_id = await self._manager.prepare()
         await self._check_power_level()
         preferred = next((dict(f) for f in foci or () if f.get("type") == "livekit"), None)
@@ -351,14 +349,12 @@ class MatrixRTCSession:
         return ok
 
     async def _send_notification(self, membership_event_id: str) -> None:
-        content = {
-            "m.mentions": {"user_ids": [], "room": True},
-            "notification_type": self.cfg.notification_type,
-            "m.relates_to": {"rel_type": "m.reference", "event_id": membership_event_id},
-            "sender_ts": int(self._clock() * 1000),
-            "lifetime": NOTIFICATION_LIFETIME_MS,
-            "m.call.intent": "audio",
-        }
+        content = notification.notification_content(
+            slot_id=self.slot_id,
+            notification_type=self.cfg.notification_type,
+            membership_event_id=membership_event_id,
+            now_ms=int(self._clock() * 1000),
+        )
         resp = await self.client.room_send(
             self.room_id, NOTIFICATION_TYPE, content, ignore_unverified_devices=True
         )
@@ -391,21 +387,20 @@ class MatrixRTCSession:
     async def _send_key(self, plan: Distribution) -> None:
         if plan.first:
             self._emit_own_key(plan.key)  # js installs the first key at once
-        content = encode_key_content(
+        events = key_events.encode_key_events(
+            self.cfg.key_event_format,
             self.room_id,
             plan.key,
             self.client.device_id,
             self._manager.member_id,
             int(self._clock() * 1000),
         )
+        sends = [(u, d, t, c) for u, d, _ in plan.targets for t, c in events]
         results = await asyncio.gather(
-            *(
-                todevice.send_encrypted(self.client, u, d, KEYS_EVENT_TYPE, content)
-                for u, d, _ in plan.targets
-            ),
+            *(todevice.send_encrypted(self.client, u, d, t, c) for u, d, t, c in sends),
             return_exceptions=True,
         )
-        for (user, device, _), result in zip(plan.targets, results, strict=True):
+        for (user, device, _, _), result in zip(sends, results, strict=True):
             if isinstance(result, Exception):
                 log.warning(
                     "could not send our media key to %s/%s: %s",
@@ -431,7 +426,14 @@ class MatrixRTCSession:
 
     def handle_key_event(self, event: todevice.DecryptedToDeviceEvent) -> None:
         """A decrypted key event whose sender device the caller has checked."""
-        received = parse_key_content(event.content, event.sender, self.room_id, time.monotonic())
+        received = key_events.parse_key_event(
+            event.type,
+            event.content,
+            event.sender,
+            event.sender_device,
+            self.room_id,
+            time.monotonic(),
+        )
         if received is None:
             return
         if received.device_id != event.sender_device:

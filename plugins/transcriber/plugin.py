@@ -19,8 +19,6 @@ from typing import Literal
 
 import numpy as np
 
-from bot.files import private_dir
-from bot.log import register_secret
 from bot.plugin import (
     Arg,
     AudioFrame,
@@ -33,6 +31,8 @@ from bot.plugin import (
     ParticipantEvent,
     Plugin,
     command,
+    private_dir,
+    register_secret,
 )
 from plugins.transcriber.captions import Captions
 from plugins.transcriber.engine import (

@@ -15,9 +15,10 @@
 // Protocol: stdout carries only JSON lines. First {"event":"ready", user_id, device_id, trust,
 // master_key, bootstrap_ms}; then replies {"reply":<id>,"ok":true,...} /
 // {"reply":<id>,"ok":false,"error":"..."} to the JSON-line commands read from stdin, and events
-// {"event":...}: memberships, key, message, notification_sent, log, error. Commands:
-// create_room, join_room, invite, rtc_join, rtc_leave, memberships, state_events, send_text,
-// device_status, user_identity, stop (see `commands` below), and those of JSPEER_EXTENSION.
+// {"event":...}: memberships, key, message, notification_sent, to_device, log, error. Commands:
+// create_room, join_room, invite, rtc_join, rtc_leave, memberships, state_events, send_state,
+// send_text, send_to_device, device_status, user_identity, stop (see `commands` below), and
+// those of JSPEER_EXTENSION.
 // All js-sdk logging goes to stderr. EOF on stdin stops the peer like {"cmd":"stop"}.
 
 import { randomUUID } from "node:crypto";
@@ -255,6 +256,21 @@ client.on(MatrixEventEvent.Decrypted, (ev) => {
     if (reportedFailure.has(ev.getId())) reportMessage(ev, ev.getRoomId());
 });
 
+// To-device messages of the MatrixRTC key types js itself does not read (MSC4143's spec form),
+// as js-sdk's rust crypto decrypted them: the content and who the Olm session says sent it.
+const REPORTED_TO_DEVICE = new Set(["m.rtc.encryption_key", "org.matrix.msc4143.rtc.encryption_key"]);
+client.on(ClientEvent.ReceivedToDeviceMessage, ({ message, encryptionInfo }) => {
+    if (!REPORTED_TO_DEVICE.has(message.type)) return;
+    emit({
+        event: "to_device",
+        type: message.type,
+        sender: message.sender,
+        content: message.content,
+        encrypted: encryptionInfo !== null,
+        sender_device: encryptionInfo?.senderDevice ?? null,
+    });
+});
+
 // --- other users' keys -----------------------------------------------------------------------
 
 // A fresh /keys/query for one user, fed into the OlmMachine. The public getUserDeviceInfo(
@@ -442,6 +458,24 @@ const commands = {
             content: ev.getContent(),
         }));
         return { events };
+    },
+
+    // A state event as given (e.g. a membership for another device, to test key checks).
+    async send_state({ room_id, type, state_key, content }) {
+        const { event_id } = await client.sendStateEvent(room_id, type, content, state_key);
+        return { event_id };
+    },
+
+    // A to-device message: Olm-encrypted by js-sdk's rust crypto (as ToDeviceKeyTransport
+    // sends keys, encryptAndSendToDevice) or, with encrypted=false, in clear.
+    async send_to_device({ type, user_id, device_id, content, encrypted = true }) {
+        if (encrypted) {
+            await queryKeys(user_id);
+            await client.encryptAndSendToDevice(type, [{ userId: user_id, deviceId: device_id }], content);
+        } else {
+            await client.sendToDevice(type, new Map([[user_id, new Map([[device_id, content]])]]));
+        }
+        return {};
     },
 
     async send_text({ room_id, body }) {
