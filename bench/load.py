@@ -391,8 +391,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rss_last_mb=round(rss[-1], 1),
             rss_max_mb=round(max(rss), 1),
         )
-        await until(lambda: notices.count("matrix-callbot ") >= 1, "the !status reply", 30)
-        status = next(b for _, b, _ in notices.seen if b.startswith("matrix-callbot "))
+        # An overloaded machine may answer late: the figures without !status's then.
+        with contextlib.suppress(TimeoutError):
+            await until(lambda: notices.count("matrix-callbot ") >= 1, "the !status reply", 60)
+        status = next((b for _, b, _ in notices.seen if b.startswith("matrix-callbot ")), "")
+        result["status_answered"] = bool(status)
         result["status_plugin_lines"] = [ln.strip() for ln in status.splitlines() if "plugin" in ln]
         result["sender_underruns"] = sum(
             window_start <= t <= window_end
@@ -496,6 +499,8 @@ def report(r: dict[str, Any]) -> None:
     if r["recordings_unfinished"]:
         print(f"recordings not finished 120 s after !leave: {r['recordings_unfinished']}")
     print(f"participants' own underruns in the window (generator starved): {r['sender_underruns']}")
+    if not r.get("status_answered", True):
+        print("!status at the end: NOT ANSWERED within 60 s (its figures below are missing)")
     print(
         f"!status at the end: {r['status_dropped']} frames dropped by all plugins, longest "
         f"queue {r['status_max_queued']} frames; e.g. {r['status_plugin_lines'][:2]}"
