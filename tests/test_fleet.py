@@ -322,3 +322,67 @@ async def test_a_killed_workers_recorded_call_is_taken_over_in_the_same_folder(
     transcript = json.loads((folder / "transcript.json").read_text())
     assert transcript["origin_utc"] == folder.name and transcript["segments"] == []  # a tone
     assert not (folder / "transcript.partial.json").exists()
+
+
+def joined_by(alice: JsPeer, room: str) -> str | None:
+    """The worker that said it started or joined the room's call."""
+    for e in notices(alice, room, "Started the call (worker ") + notices(
+        alice, room, "Joined the call (worker "
+    ):
+        return e["body"].split()[4].rstrip(";")
+    return None
+
+
+async def test_a_killed_workers_call_is_taken_over_by_the_leader(
+    synapse: Synapse, pg: Postgres, tmp_path: Path, sfu: DevSfu
+) -> None:
+    """SIGKILL of a worker that is not the leader: the leader gives its call that alice is
+    still in to a live worker (here itself), which joins and says so; its call that nobody
+    else is in has ended with it and is not taken over; the leader's own calls stay."""
+    from bot.fleet.worker import TAKEN_OVER_NOTICE
+
+    fleet = Fleet(synapse, pg, tmp_path, f'[rtc]\nlivekit_service_url = "{sfu.http_url}"\n')
+    try:
+        first = await fleet.add()
+        second = await fleet.add()
+        one, two = fleet.device(first), fleet.device(second)
+        async with js_peer(synapse, tmp_path, "alice") as alice:
+            focus = [{"type": "livekit", "livekit_service_url": sfu.http_url}]
+            rooms = [await room_with(fleet, alice) for _ in range(4)]
+            for room in rooms[:2]:  # alice is in the first two rooms' calls
+                await alice.call("rtc_join", room_id=room, foci=focus)
+            for room in rooms:
+                await alice.call("send_text", room_id=room, body="!join")
+                await wait_until(lambda r=room: joined_by(alice, r), TIMEOUT, "the join")
+            # by load (then the oldest): 0-0, 1-0, 1-1, 2-1
+            assert [joined_by(alice, r) for r in rooms] == [one, two, one, two]
+            mark = alice.mark()
+            await second.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            await wait_until(
+                lambda: any(
+                    e["event"] == "message"
+                    and e["room_id"] == rooms[1]
+                    and e["body"] == TAKEN_OVER_NOTICE
+                    for e in alice.events[mark:]
+                ),
+                20.0,
+                "the takeover",
+            )
+            print(f"the leader took the call over {time.monotonic() - killed:.1f} s after")
+            sent = (await alice.call("send_text", room_id=rooms[1], body="!status"))["event_id"]
+            (answer,) = await wait_until(lambda: replies_to(alice, sent), TIMEOUT, "the status")
+            body = answer["body"]
+            assert f"Call in {rooms[1]}: joined" in body
+            assert "Fleet: 1 workers, leader " + one in body
+            (line,) = [ln for ln in body.splitlines() if ln.startswith(f"  worker {one} ")]
+            assert line.startswith(f"  worker {one} (leader, this one): 3/20 calls")
+            assert all(room in line for room in rooms[:3]) and rooms[3] not in line
+            assert not any(
+                e["event"] == "message"
+                and e["room_id"] == rooms[3]
+                and e["body"] == TAKEN_OVER_NOTICE
+                for e in alice.events[mark:]
+            )
+    finally:
+        await fleet.stop()
