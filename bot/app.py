@@ -199,6 +199,8 @@ class CallBot:
     async def start(self) -> None:
         # One policy for every URL someone else chose (call foci, music), from [outbound].
         outbound.configure(OutboundPolicy.from_config(self.config))
+        if self.fleet is not None:
+            await self.fleet.connect()
         await self.matrix.start()
         if self.config.metrics.address:
             await self.metrics.serve(self.config.metrics.address)

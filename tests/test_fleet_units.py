@@ -96,3 +96,17 @@ def test_calls_of_dead_workers_are_orphaned() -> None:
     calls = [_a("!1", "A"), _a("!2", "GONE")]
     assert orphaned([_w("A")], calls) == [calls[1]]
     assert orphaned([_w("A"), _w("GONE")], calls) == []
+
+
+async def test_a_worker_that_cannot_reach_its_database_stops_before_logging_in() -> None:
+    from bot.fleet import FleetLost
+    from tests.postgres import free_port
+
+    url = f"postgresql://callbot:s3cret-pw@127.0.0.1:{free_port()}/callbot"
+    bot = CallBot(_parse(environ={"CALLBOT_FLEET_DATABASE_URL": url}))
+    with pytest.raises(FleetLost) as e:
+        await bot.start()
+    assert "cannot connect to fleet.database_url" in str(e.value)
+    assert "s3cret-pw" not in str(e.value)
+    assert not bot.matrix.started  # no device was made for a worker that cannot work
+    await bot.stop()

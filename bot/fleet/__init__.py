@@ -4,6 +4,9 @@ Imported lazily (``bot.fleet.setup``): psycopg is the ``fleet`` extra, and the o
 bot never needs it.
 """
 
+from bot.errors import CallbotError
 
-class FleetLost(Exception):
-    """The worker's session with the database ended: it is no longer part of the fleet."""
+
+class FleetLost(CallbotError):
+    """The worker's session with the database ended (or never began): it is no longer part
+    of the fleet. ``callbot run`` exits with code 1 and one line saying why."""

@@ -101,9 +101,12 @@ class FleetWorker:
         """The worker's loop: it ends (with FleetLost) when the database session does."""
         return self._loop
 
+    async def connect(self) -> None:
+        """Before logging in: a worker that cannot reach the database makes no device."""
+        await self.db.connect()
+
     async def start(self, device_id: str) -> None:
         self.device_id = device_id
-        await self.db.connect()
         await self.db.register(device_id, self.max_calls, self.metrics_address)
         if self.optouts is not None:
             await self.optouts.load()
