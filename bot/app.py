@@ -6,14 +6,24 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import TYPE_CHECKING, Any
 
 from bot import outbound
 from bot.commands.core import CoreCommands
 from bot.commands.dispatch import Dispatcher
+from bot.commands.parsing import parse_command
 from bot.commands.permissions import UserPatterns
 from bot.commands.registry import CommandRegistry
 from bot.config import Config
 from bot.consent import ConsentCommands, OptOuts
+from bot.fleet import FleetLost
+from bot.fleet.setup import (
+    fleet_call_commands,
+    fleet_optouts,
+    fleet_store_url,
+    fleet_timezones,
+    fleet_worker,
+)
 from bot.log import context
 from bot.matrix.client import MatrixClient
 from bot.matrix.messages import IncomingMessage, notice
@@ -31,6 +41,9 @@ from bot.schedule.commands import ScheduleCommands
 from bot.schedule.runner import ScheduledCalls
 from bot.schedule.scheduler import JobScheduler, default_store_url
 from bot.schedule.timezones import RoomTimezones
+
+if TYPE_CHECKING:
+    from bot.fleet.worker import FleetWorker
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +74,28 @@ class CallBot:
         self.config = config
         self.matrix = MatrixClient(config.matrix, config.bot.data_dir)
         self.rtc = MatrixRTCSessionManager(self.matrix, config.rtc)
-        self.optouts = OptOuts(config.bot.data_dir / "optouts.json")
         self.joined_calls = JoinedCalls(config.bot.data_dir, self.rtc)
-        self.media = CallMediaManager(
-            self.matrix, self.rtc, self.optouts, call_folder=self.joined_calls.folder_for
+        #: one worker of several sharing a database ([fleet]); None: the one bot process
+        self.fleet = fleet_worker(config, self.rtc, self._post) if config.fleet.enabled else None
+        local_optouts = config.bot.data_dir / "optouts.json"
+        self.optouts = (
+            fleet_optouts(self.fleet, local_optouts) if self.fleet else OptOuts(local_optouts)
         )
-        self.metrics = BotMetrics(self.matrix, self.rtc, self.media)
-        self.call_commands = CallCommands(self.rtc, self.media.e2ee_state, self.media.plugin_lines)
+        self.media = CallMediaManager(
+            self.matrix,
+            self.rtc,
+            self.optouts,
+            call_folder=self.fleet.folder_for if self.fleet else self.joined_calls.folder_for,
+            calls_dir=config.fleet.calls_dir,
+        )
+        self.metrics = BotMetrics(self.matrix, self.rtc, self.media, self.fleet)
+        self.call_commands = (
+            fleet_call_commands(
+                self.rtc, self.fleet, self.media.e2ee_state, self.media.plugin_lines
+            )
+            if self.fleet
+            else CallCommands(self.rtc, self.media.e2ee_state, self.media.plugin_lines)
+        )
         self.auto_leave = (
             AutoLeave(
                 self.rtc,
@@ -87,6 +115,8 @@ class CallBot:
         self.allowed = UserPatterns(config.allowed_user_globs)
         self.jobs: JobScheduler | None = None
         self.scheduled: ScheduledCalls | None = None
+        #: commands only the fleet's leader answers (the schedule's: its store is the leader's)
+        self.leader_only: frozenset[str] = frozenset()
         if config.schedule.enabled:
             self._add_scheduling(config)
         config.check_command_names(self.registry.names())
@@ -101,7 +131,8 @@ class CallBot:
             insecure_device=self.matrix.insecure_sender_device,
         )
         self.metrics.dispatcher = self.dispatcher
-        self.matrix.on_message(self.dispatcher.submit)
+        self.matrix.on_message(self._on_fleet_message if self.fleet else self.dispatcher.submit)
+        self._routing: set[asyncio.Task[None]] = set()
         self.matrix.on_invite(self._on_invite)
         self.matrix.trust.identity_changed.connect(self._on_identity_changed)
         self.rtc.session_created.connect(
@@ -129,20 +160,27 @@ class CallBot:
 
     def _add_scheduling(self, config: Config) -> None:
         sc = config.schedule
+        default = default_store_url(config.bot.data_dir)
+        if self.fleet is not None:
+            default = fleet_store_url(self.fleet.db.url)  # the one store, run by the leader
         self.jobs = JobScheduler(
-            sc.job_store or default_store_url(config.bot.data_dir),
+            sc.job_store or default,
             owner=config.matrix.user_id,
             timezone=sc.timezone,
             misfire_grace_s=sc.misfire_grace,
         )
-        timezones = RoomTimezones(
-            config.bot.data_dir / "room_timezones.json", sc.timezone, sc.room_timezones
+        zones_file = config.bot.data_dir / "room_timezones.json"
+        timezones = (
+            fleet_timezones(self.fleet, zones_file, sc.timezone, sc.room_timezones)
+            if self.fleet
+            else RoomTimezones(zones_file, sc.timezone, sc.room_timezones)
         )
-        self.registry.register(
+        added = self.registry.register(
             ScheduleCommands(
                 self.jobs, timezones, self.registry, self.allowed, self.matrix.power_level
             )
         )
+        self.leader_only = frozenset(cmd.name for cmd in added)
         self.scheduled = ScheduledCalls(
             rtc=self.rtc,
             registry=self.registry,
@@ -161,6 +199,8 @@ class CallBot:
     async def start(self) -> None:
         # One policy for every URL someone else chose (call foci, music), from [outbound].
         outbound.configure(OutboundPolicy.from_config(self.config))
+        if self.fleet is not None:
+            await self.fleet.connect()
         await self.matrix.start()
         if self.config.metrics.address:
             await self.metrics.serve(self.config.metrics.address)
@@ -169,10 +209,15 @@ class CallBot:
                 await cls.on_bot_start(self.config.bot.data_dir, self._post)
             except Exception:
                 log.exception("plugin %s failed at start-up", cls.name)
-        if self.jobs is not None and self.scheduled is not None:
+        if self.fleet is not None:
+            await self._start_fleet(self.fleet)
+        elif self.jobs is not None and self.scheduled is not None:
             # after the first sync, so jobs (and misfires) find their rooms
             self.jobs.start(self.scheduled, self.scheduled.missed)
-        if self.config.rtc.rejoin_after_restart:
+        if self.fleet is not None:
+            # the leader gives a dead worker's calls to another one; a restarted worker is new
+            self.joined_calls.forget_earlier()
+        elif self.config.rtc.rejoin_after_restart:
             # after the first sync: it tells which of those calls are still going on
             for room_id in await self.joined_calls.rejoin():
                 await self._tell(room_id, RESUMED_NOTICE)
@@ -181,6 +226,33 @@ class CallBot:
         log.info(
             "ready: %d rooms, %d commands", len(self.matrix.joined_rooms()), len(self.registry)
         )
+
+    async def _start_fleet(self, fleet: FleetWorker) -> None:
+        jobs, scheduled = self.jobs, self.scheduled
+        if jobs is not None and scheduled is not None:
+            fleet.fire_here = scheduled.fire
+            # only the leader runs the scheduler: a job store is never shared by two
+            fleet.on_lead = lambda: jobs.start(fleet, scheduled.missed)
+        device = self.matrix.nio.device_id
+        assert device is not None
+        await fleet.start(device)
+
+    def _on_fleet_message(self, msg: IncomingMessage) -> None:
+        task = asyncio.create_task(self._route(msg))
+        self._routing.add(task)
+        task.add_done_callback(self._routing.discard)
+
+    async def _route(self, msg: IncomingMessage) -> None:
+        """In a fleet, exactly one worker runs each command (bot.fleet.worker.answers)."""
+        parsed = parse_command(msg.body, self.config.bot.command_prefix)
+        assert self.fleet is not None
+        if parsed is None:
+            return
+        try:
+            if await self.fleet.answers(msg.room_id, parsed.name, self.leader_only):
+                self.dispatcher.submit(msg)
+        except FleetLost:
+            return  # the worker is stopping (its loop ends with the same error)
 
     async def stop(self) -> None:
         await self.dispatcher.drain()
@@ -193,6 +265,8 @@ class CallBot:
         await self.media.stop()
         if self.matrix.started:
             await self.rtc.stop()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.matrix.stop()
         await self.metrics.close()
         log.info("stopped")
@@ -208,10 +282,18 @@ class CallBot:
             sync = self.matrix.sync_task
             assert sync is not None
             stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({sync, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waited: set[asyncio.Task[Any]] = {sync, stopper}
+            fleet = self.fleet.task if self.fleet is not None else None
+            if fleet is not None:
+                waited.add(fleet)
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             if sync.done() and not sync.cancelled() and sync.exception() is not None:
                 log.error("the Matrix sync loop failed", exc_info=sync.exception())
+                return 1
+            if fleet is not None and fleet.done() and not fleet.cancelled():
+                # its lock and its calls may be another worker's already: stop, be restarted
+                log.error("this worker left the fleet: %s", fleet.exception())
                 return 1
             return 0
         finally:

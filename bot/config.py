@@ -287,6 +287,30 @@ class ScheduleConfig:
     misfire_grace: float = _check(_positive, default=300.0)
 
 
+def _postgres_url(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"postgres(ql)?://\S+", v):
+        return "must be a PostgreSQL URL like 'postgresql://callbot@db.example.org/callbot'"
+    return None
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: several bot processes (workers) of one account sharing a PostgreSQL
+    database (bot.fleet, docs/deploy.md). Without ``database_url``: one process, as ever."""
+
+    #: postgresql://user:password@host/db; every worker of the account names the same one.
+    database_url: str | None = field(
+        default=None, repr=False, metadata={"secret": True, "check": _postgres_url}
+    )
+    #: Call folders (recordings, transcripts) go here instead of <data_dir>/calls: storage
+    #: every worker reaches, so the one that takes over a call continues its folder.
+    calls_dir: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.database_url is not None
+
+
 @dataclass(frozen=True)
 class CommandConfig:
     """Per-command permission overrides, under ``[commands.<name>]``."""
@@ -319,6 +343,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     @property
     def allowed_user_globs(self) -> tuple[str, ...]:
@@ -333,9 +358,9 @@ class Config:
             self.matrix.recovery_key,
             self.rtc.livekit_api_secret,
         )
-        store = self.schedule.job_store
-        db_password = urlsplit(store).password if store else None
-        return [s for s in (*values, db_password) if s]
+        urls = (self.schedule.job_store, self.fleet.database_url)
+        db_passwords = [urlsplit(url).password for url in urls if url]
+        return [s for s in (*values, *db_passwords) if s]
 
     def check_command_names(self, known: set[str]) -> None:
         """Fail on ``[commands.<name>]`` sections for commands that do not exist."""

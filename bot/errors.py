@@ -7,7 +7,8 @@ CallbotError
 ├── CommandError         a command cannot run; the message is shown to the caller
 │   ├── UsageError       wrong arguments
 │   └── PermissionDenied the caller may not run it
-└── IncompatibleDependency  a pinned library changed behaviour we rely on
+├── IncompatibleDependency  a pinned library changed behaviour we rely on
+└── bot.fleet.FleetLost  a fleet worker's database session ended (or never began)
 """
 
 from __future__ import annotations

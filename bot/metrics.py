@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from bot.commands.dispatch import Dispatcher
+    from bot.fleet.worker import FleetWorker
     from bot.matrix.client import MatrixClient
     from bot.media.calls import CallMediaManager
     from bot.rtc.manager import MatrixRTCSessionManager
@@ -117,6 +118,23 @@ class _Collector(Collector):
         yield from (calls, limit, waiting, refused, people, undecryptable, commands, gaps)
         yield from (to_device, outage)
         yield from (*families.values(), *reported.values())
+        if self.m.fleet is not None:
+            yield from _fleet_metrics(self.m.fleet)
+
+
+def _fleet_metrics(fleet: FleetWorker) -> Iterator[Metric]:
+    """This worker's view of its fleet (each worker serves its own /metrics)."""
+    snap = fleet.snapshot
+    leader = GaugeMetricFamily("callbot_fleet_leader", "1 while this worker is the leader")
+    leader.add_metric([], 1 if fleet.is_leader else 0)
+    workers = GaugeMetricFamily("callbot_fleet_workers", "Live workers of the fleet")
+    workers.add_metric([], len(snap.workers))
+    assigned = GaugeMetricFamily(
+        "callbot_fleet_assigned_calls", "Calls the fleet assigns to each worker", labels=["worker"]
+    )
+    for w in snap.workers:
+        assigned.add_metric([w.device_id], sum(a.worker == w.device_id for a in snap.assignments))
+    yield from (leader, workers, assigned)
 
 
 def _metric_name(raw: str) -> str:
@@ -125,9 +143,15 @@ def _metric_name(raw: str) -> str:
 
 class BotMetrics:
     def __init__(
-        self, matrix: MatrixClient, rtc: MatrixRTCSessionManager, media: CallMediaManager
+        self,
+        matrix: MatrixClient,
+        rtc: MatrixRTCSessionManager,
+        media: CallMediaManager,
+        fleet: FleetWorker | None = None,
     ) -> None:
         self.matrix, self.rtc, self.media = matrix, rtc, media
+        #: a fleet's worker (bot.fleet): its leadership and the fleet it sees are exported
+        self.fleet = fleet
         #: set by the app once it has one (its dropped commands are exported)
         self.dispatcher: Dispatcher | None = None
         self.registry = CollectorRegistry(auto_describe=False)

@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine: scripts/test.sh [pytest args]
 # Installs what the tests need (the project with its test extras and Node 24 in .venv,
 # Synapse in .venv-synapse, matrix-js-sdk in tests/jspeer, livekit-client in tests/browser,
-# Element Call in tests/elementcall, Debian's chromium), checks style with ruff and types with
+# Element Call in tests/elementcall, Debian's chromium and postgresql), checks style with ruff and types with
 # mypy, then runs pytest.
 source "$(dirname "$0")/_env.sh"
 
@@ -30,6 +30,18 @@ if [ -z "${CALLBOT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
+# Debian's PostgreSQL server for the fleet tests (tests/postgres.py starts throwaway clusters
+# as the package's unprivileged postgres user); without it, those tests are skipped.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  else
+    echo "test.sh: PostgreSQL is missing (apt-get install postgresql as root): fleet tests" \
+      "will be skipped" >&2
+  fi
 fi
 
 cd "$ROOT"

@@ -15,6 +15,7 @@ from bot.config import Config, parse_config
 from bot.devsfu.server import DevSfu
 from bot.log import setup_logging
 from tests.federation import federation_ca, two_homeservers, two_sfus  # noqa: F401 - fixtures
+from tests.fleet import pg  # noqa: F401 - fixture
 from tests.peer import Peer
 from tests.synapse import Account, Synapse
 

@@ -102,8 +102,11 @@ class CallMediaManager:
         rtc: MatrixRTCSessionManager,
         optouts: OptOuts,
         call_folder: Callable[[str], CallFolder] | None = None,
+        calls_dir: Path | None = None,
     ) -> None:
         self.matrix = matrix
+        #: where call folders go: <data_dir>/calls, or a fleet's shared fleet.calls_dir
+        self.calls_dir = calls_dir
         self.optouts = optouts
         #: which folder a room's call writes to (bot.rtc.resume: the same one after a restart)
         self.call_folder = call_folder
@@ -125,7 +128,7 @@ class CallMediaManager:
     def files_dir(self, room_id: str) -> Path:
         """``<data_dir>/calls/<room>``: a folder name made safe from the room ID."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in room_id.lstrip("!"))
-        return self.matrix.data_dir / "calls" / safe
+        return (self.calls_dir or self.matrix.data_dir / "calls") / safe
 
     def rooms(self) -> list[str]:
         """Rooms whose call the bot has media for."""

@@ -29,6 +29,7 @@ from bot.plugin import (
     ParticipantEvent,
     Plugin,
     command,
+    private_dir,
     register_secret,
 )
 from plugins.transcriber.captions import Captions
@@ -44,6 +45,13 @@ from plugins.transcriber.engine import (
     shared_engine,
 )
 from plugins.transcriber.remote_engine import RemoteEngine, RemoteSettings, shared_remote_engine
+from plugins.transcriber.resume import (
+    read_partial,
+    remove_partial,
+    seconds_since,
+    shifted,
+    write_partial,
+)
 from plugins.transcriber.transcript import FORMATS, Line, Transcript
 from plugins.transcriber.vad import Segmenter, Utterance, VadSettings
 
@@ -180,6 +188,8 @@ class Transcriber(Plugin):
         self.captions: Captions | None = None
         self._speakers: dict[str, _Speaker] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        #: seconds added to this process's times (a transcript continued after a crash)
+        self._offset = 0.0
         #: seconds from the end of each utterance's speech (when the bot received the audio
         #: holding it) to its caption being posted; the same figure !status shows
         self.latencies: deque[float] = deque(maxlen=1000)
@@ -189,7 +199,10 @@ class Transcriber(Plugin):
 
     async def on_call_start(self, call: CallContext) -> None:
         self.call = call
-        if call.room_id in self.config.auto_rooms:
+        earlier = await call.run_blocking(read_partial, call.folder) if call.resumed else None
+        if earlier is not None:
+            await self.start(earlier)  # the transcript of before the crash goes on
+        elif call.room_id in self.config.auto_rooms:
             await self.start()
 
     async def on_call_end(self) -> None:
@@ -214,7 +227,9 @@ class Transcriber(Plugin):
 
     # ------------------------------------------------------------------ start / stop
 
-    async def start(self) -> None:
+    async def start(self, earlier: Transcript | None = None) -> None:
+        """Start transcribing; ``earlier``: the transcript of this call that a crash
+        interrupted (bot.rtc.resume, a fleet's takeover), which this one continues."""
         call = self._call()
         try:
             await self.engine.start()
@@ -224,6 +239,7 @@ class Transcriber(Plugin):
         try:
             await captions.open(
                 "📝 This call is being transcribed"
+                + (" again (the transcript goes on)" if earlier is not None else "")
                 + (" (live captions in this thread)" if self.config.captions == "thread" else "")
                 + ". Type !optout to keep your voice out of the transcript."
             )
@@ -232,7 +248,11 @@ class Transcriber(Plugin):
                 f"I could not post the transcription notice, so I am not transcribing: {e}"
             ) from None
         self.captions = captions
-        self.transcript = Transcript(call.folder.name, room_id=call.room_id)
+        self.transcript = earlier or Transcript(call.folder.name, room_id=call.room_id)
+        # This process's clock starts at 0 now; the earlier lines are in the call's time.
+        self._offset = seconds_since(self.transcript.origin_utc) if earlier is not None else 0.0
+        await call.run_blocking(private_dir, call.folder)
+        await call.run_blocking(write_partial, call.folder, self.transcript)
         log.info("transcribing (model %s)", self.config.model)
 
     async def stop(self) -> None:
@@ -246,6 +266,7 @@ class Transcriber(Plugin):
             await asyncio.gather(*self._jobs, return_exceptions=True)
         self.transcript = None
         paths = await call.run_blocking(transcript.write, call.folder)
+        await call.run_blocking(remove_partial, call.folder)
         missed = sum(transcript.missed.values())
         summary = (
             f"📝 Transcription stopped: {len(transcript.lines)} lines from "
@@ -324,8 +345,12 @@ class Transcriber(Plugin):
         # They may have opted out while we listened.
         if not recognized or transcript is None or self._call().opted_out(who.user_id):
             return
-        line = _line(who, utterance, recognized)
+        line = shifted(_line(who, utterance, recognized), self._offset)
         transcript.add(line)
+        try:  # so that a crash loses no line (plugins.transcriber.resume)
+            await self._call().run_blocking(write_partial, self._call().folder, transcript)
+        except OSError as e:
+            log.warning("could not keep the transcript so far: %s", e)
         if self.captions is not None:
             try:
                 await self.captions.add(line)
