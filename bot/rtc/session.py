@@ -202,7 +202,8 @@ class MatrixRTCSession:
         """Join the call: focus, SFU token, membership, keys. RtcError explains any refusal.
 
         ``foci``: the transports to prefer (the first LiveKit one is used); by default the
-        focus of the call going on, else the one the homeserver or the config names.
+        bot's own (config, then its homeserver's), as Element Call's multi-SFU modes do.
+        ``cancel_join()`` (a leave meanwhile) stops it with JoinCancelled.
         The bot's call limit applies (``bot.rtc.capacity``): past it this raises
         ``CallLimitReached``, or waits for a free slot (``on_queued`` is told its position).
         """
@@ -216,13 +217,12 @@ class MatrixRTCSession:
             self._join_task = asyncio.create_task(self._join(foci), name=f"join-{self.room_id}")
             try:
                 return await self._join_task
-            except asyncio.CancelledError:
-                if self._join_cancelled:  # by cancel_join(), not by our caller
-                    raise JoinCancelled("The join was withdrawn.") from None
-                raise
-            except BaseException:
+            except BaseException as e:
                 if self._slots is not None and not self.is_joined:
                     self._slots.release(self.room_id)
+                if isinstance(e, asyncio.CancelledError) and self._join_cancelled:
+                    # by cancel_join(), not by our caller
+                    raise JoinCancelled("The join was withdrawn.") from None
                 raise
         finally:
             self._join_task = None
@@ -239,7 +239,7 @@ class MatrixRTCSession:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         if self._slots is not None and not self.is_joined:
-            self._slots.release(self.room_id)
+            self._slots.release(self.room_id)  # join() does too; whichever runs first
         return True
 
     async def _join(self, foci: list[dict[str, Any]] | None) -> SfuAccess:
