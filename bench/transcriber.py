@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +176,10 @@ async def speakers(n: int, seconds: float, call: FakeCall, threads: int, model: 
     )
 
 
-async def in_a_room(
-    synapse: Synapse, work: Path, counts: list[int], seconds: float, threads: int, model: str
-) -> None:
+@contextlib.asynccontextmanager
+async def bot_in_a_room(synapse: Synapse, work: Path) -> AsyncIterator[MatrixCall]:
+    """The bot's Matrix client in an encrypted room with one other member (alice), its room
+    key already shared: where captions are posted (also bench.transcriber_remote)."""
     account = synapse.register("bot")
     cfg = parse_config(
         {
@@ -199,11 +202,18 @@ async def in_a_room(
         await alice.wait_member(room, account.user_id)
         await wait_until(lambda: room in matrix.nio.rooms, 20, "the bot's sync of the room")
         await matrix.send(room, notice("warm-up: sharing the room key"))
-        for n in counts:
-            await speakers(n, seconds, MatrixCall(matrix, room), threads, model)
+        yield MatrixCall(matrix, room)
     finally:
         await alice.stop()
         await matrix.stop()
+
+
+async def in_a_room(
+    synapse: Synapse, work: Path, counts: list[int], seconds: float, threads: int, model: str
+) -> None:
+    async with bot_in_a_room(synapse, work) as call:
+        for n in counts:
+            await speakers(n, seconds, call, threads, model)
 
 
 def detection_delay() -> None:

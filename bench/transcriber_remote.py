@@ -26,10 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import run_with_synapse
-from bench.transcriber import MatrixCall
-from bot.config import parse_config
-from bot.matrix.client import MatrixClient
-from bot.matrix.messages import notice
+from bench.transcriber import bot_in_a_room
 from bot.plugin import AudioFrame
 from bot.testing import FakeCall, PluginHarness
 from plugins.transcriber.engine import EngineSettings, SpeechEngine
@@ -37,7 +34,7 @@ from plugins.transcriber.plugin import Transcriber, TranscriberConfig
 from plugins.transcriber.remote_engine import RemoteEngine, RemoteSettings
 from plugins.transcriber.samples import samples, word_error_rate
 from plugins.transcriber.transcript import Line
-from tests.peer import Peer, wait_until
+from tests.peer import wait_until
 from tests.stt_server import MODEL_NAME, SttServer
 from tests.synapse import Synapse
 
@@ -196,38 +193,14 @@ async def in_a_room(synapse: Synapse, work: Path, counts: list[int], seconds: fl
     try:
         await hop_figure()
         await wer_figures(stt.url)
-        account = synapse.register("bot")
-        cfg = parse_config(
-            {
-                "matrix": {
-                    "homeserver": synapse.url,
-                    "user_id": account.user_id,
-                    "password": account.password,
-                },
-                "bot": {"data_dir": str(work / "bot")},
-            },
-            base_dir=work,
-            environ={},
-        )
-        matrix = MatrixClient(cfg.matrix, cfg.bot.data_dir)
-        await matrix.start()
-        alice = await Peer(synapse.url, synapse.register("alice"), work / "alice").start()
-        try:
-            room = await alice.create_room(invite=[account.user_id])
-            await matrix.join(room)
-            await alice.wait_member(room, account.user_id)
-            await wait_until(lambda: room in matrix.nio.rooms, 20, "the bot's sync of the room")
-            await matrix.send(room, notice("warm-up: sharing the room key"))
+        async with bot_in_a_room(synapse, work) as call:
             configs = [
                 TranscriberConfig(upload=()),
                 TranscriberConfig(upload=(), engine="openai", url=stt.url, model=MODEL_NAME),
             ]
             for n in counts:
                 for config in configs:
-                    await speakers(n, seconds, MatrixCall(matrix, room), config)
-        finally:
-            await alice.stop()
-            await matrix.stop()
+                    await speakers(n, seconds, call, config)
     finally:
         stt.stop()
 

@@ -93,6 +93,28 @@ class MatrixError(Exception):
         return web.json_response(body, status=self.status, headers=CORS_HEADERS)
 
 
+def _check_member_request(body: dict[str, Any], article: str) -> None:
+    """The fields /get_token and /delegate_delayed_leave both require, in lk-jwt-service's
+    order and words (its two handlers differ by an article: ``article``)."""
+    member, token = body["member"], body["openid_token"]
+    if not body["room_id"] or not body["slot_id"]:
+        raise MatrixError(400, "M_BAD_JSON", "The request body is missing `room_id` or `slot_id`")
+    if not all(member[k] for k in _MEMBER_FIELDS):
+        raise MatrixError(
+            400,
+            "M_BAD_JSON",
+            f"The request body `member` is missing {article}`id`, `claimed_user_id` or "
+            "`claimed_device_id`",
+        )
+    if not token["access_token"] or not token["matrix_server_name"]:
+        raise MatrixError(
+            400,
+            "M_BAD_JSON",
+            f"The request body `openid_token` is missing {article}`access_token` or "
+            "`matrix_server_name`",
+        )
+
+
 def _not_json() -> MatrixError:
     return MatrixError(400, "M_NOT_JSON", "Error reading request")
 
@@ -247,24 +269,7 @@ class JwtService:
             if body is None:
                 return web.Response(headers=CORS_HEADERS)
             token, member = body["openid_token"], body["member"]
-            if not body["room_id"] or not body["slot_id"]:
-                raise MatrixError(
-                    400, "M_BAD_JSON", "The request body is missing `room_id` or `slot_id`"
-                )
-            if not all(member[k] for k in _MEMBER_FIELDS):
-                raise MatrixError(
-                    400,
-                    "M_BAD_JSON",
-                    "The request body `member` is missing a `id`, `claimed_user_id` or "
-                    "`claimed_device_id`",
-                )
-            if not token["access_token"] or not token["matrix_server_name"]:
-                raise MatrixError(
-                    400,
-                    "M_BAD_JSON",
-                    "The request body `openid_token` is missing a `access_token` or "
-                    "`matrix_server_name`",
-                )
+            _check_member_request(body, article="a ")
             _check_delay_fields(body)
             user_id = await self._user_id(token)
             if member["claimed_user_id"] != user_id:
@@ -284,24 +289,7 @@ class JwtService:
             if body is None:
                 return web.Response(headers=CORS_HEADERS)
             token, member = body["openid_token"], body["member"]
-            if not body["room_id"] or not body["slot_id"]:
-                raise MatrixError(
-                    400, "M_BAD_JSON", "The request body is missing `room_id` or `slot_id`"
-                )
-            if not all(member[k] for k in _MEMBER_FIELDS):
-                raise MatrixError(
-                    400,
-                    "M_BAD_JSON",
-                    "The request body `member` is missing `id`, `claimed_user_id` or "
-                    "`claimed_device_id`",
-                )
-            if not token["access_token"] or not token["matrix_server_name"]:
-                raise MatrixError(
-                    400,
-                    "M_BAD_JSON",
-                    "The request body `openid_token` is missing `access_token` or "
-                    "`matrix_server_name`",
-                )
+            _check_member_request(body, article="")
             if not body["delay_id"] or body["delay_timeout"] <= 0 or not body["delay_cs_api_url"]:
                 raise MatrixError(
                     400,
