@@ -2,7 +2,7 @@
 ``--transcribe`` transcribed too), everything real.
 
     scripts/netns-run.sh .venv/bin/python -m bench.load --calls 1,2,4 [--participants 4]
-        [--seconds 20] [--transcribe --speakers 4] [--generator loop|sdk] [--keep]
+        [--seconds 20] [--no-record] [--transcribe --speakers 4] [--generator loop|sdk] [--keep]
 
 Processes: a throwaway Synapse (``bot.demo.synapse``, run from ``$CALLBOT_SYNAPSE_PYTHON`` or
 else the checkout's ``.venv-synapse``, which ``scripts/test.sh`` installs), the dev SFU
@@ -364,17 +364,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for room in rooms:
             await host.matrix.send(room, {"msgtype": "m.text", "body": "!join"})
         await until(lambda: all(bot_in(r) for r in rooms), "the bot in every call")
-        commands = ["!record start"] + (["!transcribe start"] if args.transcribe else [])
+        commands = (["!record start"] if args.record else []) + (
+            ["!transcribe start"] if args.transcribe else []
+        )
         await asyncio.sleep(2.0)  # the bot's plugins start once it is connected
         for room in rooms:
             for text in commands:
                 await host.matrix.send(room, {"msgtype": "m.text", "body": text})
-        await until(lambda: notices.count("🔴 This call is being recorded") == args.calls, "rec")
+        if args.record:
+            await until(
+                lambda: notices.count("🔴 This call is being recorded") == args.calls, "rec"
+            )
         if args.transcribe:
             await until(
                 lambda: notices.count("📝 This call is being transcribed") == args.calls, "tr"
             )
-        say(f"recording{' and transcribing' if args.transcribe else ''} in {args.calls} calls")
+        doing = " and ".join(
+            w for w, on in (("recording", args.record), ("transcribing", args.transcribe)) if on
+        )
+        say(f"{doing or 'in the calls, not recording'}: {args.calls} calls")
         await asyncio.sleep(args.settle)
 
         # ---------------------------------------------------------------- the measurement
@@ -471,7 +479,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return done == args.calls
 
         with contextlib.suppress(TimeoutError):
-            await until(complete, "the recordings to be finished", 120)
+            if args.record:
+                await until(complete, "the recordings to be finished", 120)
         result["recordings_unfinished"] = sum(
             not json.loads(m.read_text()).get("complete") for m in metas()
         )
@@ -482,7 +491,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["workers"] = len(bots)
         speakers = {(i, r) for i, r in slots}
         ids = {a.user_id: i for i, a in enumerate(accounts)}
-        result["recordings"] = await asyncio.to_thread(
+        result["recordings"] = args.record and await asyncio.to_thread(
             analyse_recordings, metas(), ids, speakers, args.idle == "tone"
         )
         if args.transcribe:
@@ -535,13 +544,16 @@ def report(r: dict[str, Any]) -> None:
         f"{r['rss_last_mb']} MiB (max {r['rss_max_mb']}, {grown:+.1f} over the window), "
         f"{per:.2f} MiB per participant; after leaving {r['rss_idle_after_mb']} MiB"
     )
-    print(
-        f"recorder: {rec['files']} participant files, lost frames {rec['lost_frames']}, "
-        f"silences while present {rec['silences']} ({rec['silence_s']:.2f} s), "
-        f"quiet stretches in the tones {rec['quiet_gaps']} ({rec['quiet_s']:.2f} s), "
-        f"file durations {rec['duration_min']:.1f}-{rec['duration_max']:.1f} s "
-        f"(mix {rec['mix_min']:.1f}-{rec['mix_max']:.1f} s)"
-    )
+    if not rec:
+        print("recorder: not recording (--no-record)")
+    else:
+        print(
+            f"recorder: {rec['files']} participant files, lost frames {rec['lost_frames']}, "
+            f"silences while present {rec['silences']} ({rec['silence_s']:.2f} s), "
+            f"quiet stretches in the tones {rec['quiet_gaps']} ({rec['quiet_s']:.2f} s), "
+            f"file durations {rec['duration_min']:.1f}-{rec['duration_max']:.1f} s "
+            f"(mix {rec['mix_min']:.1f}-{rec['mix_max']:.1f} s)"
+        )
     print(
         "bot CPU by thread: "
         + ", ".join(f"{k} {v * 100:.1f}%" for k, v in r["bot_threads_cores"].items())
@@ -584,6 +596,13 @@ def main() -> None:
     ap.add_argument("--participants", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
+    ap.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-record: the bot joins and hears every participant (its recorder wants "
+        "the audio) but records nothing: what hearing alone costs",
+    )
     ap.add_argument("--transcribe", action="store_true")
     ap.add_argument("--speakers", type=int, default=0, help="participants speaking (all calls)")
     ap.add_argument(

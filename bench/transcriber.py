@@ -24,10 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +178,11 @@ async def speakers(n: int, seconds: float, call: FakeCall, threads: int, model: 
 
 
 @contextlib.asynccontextmanager
-async def bot_in_a_room(synapse: Synapse, work: Path) -> AsyncIterator[MatrixCall]:
+async def bot_in_a_room(synapse: Synapse, work: Path) -> AsyncIterator[Callable[[], MatrixCall]]:
     """The bot's Matrix client in an encrypted room with one other member (alice), its room
-    key already shared: where captions are posted (also bench.transcriber_remote)."""
+    key already shared: where captions are posted (also bench.transcriber_remote). Yields a
+    maker of calls in that room: each run needs its own, since ending a plugin's call ends
+    its worker."""
     account = synapse.register("bot")
     cfg = parse_config(
         {
@@ -202,7 +205,7 @@ async def bot_in_a_room(synapse: Synapse, work: Path) -> AsyncIterator[MatrixCal
         await alice.wait_member(room, account.user_id)
         await wait_until(lambda: room in matrix.nio.rooms, 20, "the bot's sync of the room")
         await matrix.send(room, notice("warm-up: sharing the room key"))
-        yield MatrixCall(matrix, room)
+        yield functools.partial(MatrixCall, matrix, room)
     finally:
         await alice.stop()
         await matrix.stop()
@@ -211,9 +214,9 @@ async def bot_in_a_room(synapse: Synapse, work: Path) -> AsyncIterator[MatrixCal
 async def in_a_room(
     synapse: Synapse, work: Path, counts: list[int], seconds: float, threads: int, model: str
 ) -> None:
-    async with bot_in_a_room(synapse, work) as call:
+    async with bot_in_a_room(synapse, work) as new_call:
         for n in counts:
-            await speakers(n, seconds, call, threads, model)
+            await speakers(n, seconds, new_call(), threads, model)
 
 
 def detection_delay() -> None:

@@ -193,14 +193,14 @@ async def in_a_room(synapse: Synapse, work: Path, counts: list[int], seconds: fl
     try:
         await hop_figure()
         await wer_figures(stt.url)
-        async with bot_in_a_room(synapse, work) as call:
+        async with bot_in_a_room(synapse, work) as new_call:
             configs = [
                 TranscriberConfig(upload=()),
                 TranscriberConfig(upload=(), engine="openai", url=stt.url, model=MODEL_NAME),
             ]
             for n in counts:
                 for config in configs:
-                    await speakers(n, seconds, call, config)
+                    await speakers(n, seconds, new_call(), config)
     finally:
         stt.stop()
 
