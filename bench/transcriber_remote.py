@@ -7,11 +7,12 @@ bundled tiny.en with the local engine's decoding options, as its own process on 
 machine: the comparison shows what the HTTP hop, the WAV encoding and a second process cost,
 not what a GPU service gains.
 
-For N speakers (each says the samples in a loop with 1 s pauses, fed in real time as 20 ms
-frames through the real router, VAD and engine; captions posted by the bot's Matrix client,
-encrypted, in a room on a real Synapse), the latency of each sentence is measured from the
-moment the frame holding its last audible sample was pushed into the router to the return of
-the send of its (last) caption. Also: word error rate of both engines on the shipped samples.
+For N speakers (each says the samples in a loop with 1 s pauses, fed in real time in the
+frames the transcriber declares, through the real router, VAD and engine; captions posted by
+the bot's Matrix client, encrypted, in a room on a real Synapse), the latency of each sentence
+is measured from the moment the frame holding its last audible sample was pushed into the
+router to the return of the send of its (last) caption. Also: word error rate of both engines
+on the shipped samples.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import run_with_synapse
-from bench.transcriber import bot_in_a_room
+from bench.transcriber import FRAME, bot_in_a_room
 from bot.plugin import AudioFrame
 from bot.testing import FakeCall, PluginHarness
 from plugins.transcriber.engine import EngineSettings, SpeechEngine
@@ -39,7 +40,6 @@ from tests.stt_server import MODEL_NAME, SttServer
 from tests.synapse import Synapse
 
 RATE = 16_000
-FRAME = 320
 AUDIBLE = 0.01 * 32768  # a sample louder than -40 dBFS
 
 
