@@ -392,7 +392,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for i, b in enumerate(bots):
             pids["bot" if len(bots) == 1 else f"worker{i}"] = b.pid
         cpu0 = {k: cpu_s(p) for k, p in pids.items()}
-        threads0 = thread_cpu_s(bot.pid)
+        threads0 = [thread_cpu_s(b.pid) for b in bots]
         gen0 = thread_cpu_s(os.getpid())
         own0 = resource.getrusage(resource.RUSAGE_SELF)
         t0, load0 = time.monotonic(), loadavg()
@@ -416,9 +416,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu = {k: (cpu_s(p) - cpu0[k]) / wall for k, p in pids.items()}
         if len(bots) > 1:  # the fleet's workers together
             cpu["bot"] = sum(cpu[f"worker{i}"] for i in range(len(bots)))
-        threads = {
-            k: round((v - threads0.get(k, 0.0)) / wall, 3) for k, v in thread_cpu_s(bot.pid).items()
-        }
+        threads: dict[str, float] = {}  # by thread name, the fleet's workers together
+        for b, before in zip(bots, threads0, strict=True):
+            for k, v in thread_cpu_s(b.pid).items():
+                threads[k] = threads.get(k, 0.0) + (v - before.get(k, 0.0)) / wall
+        threads = {k: round(v, 3) for k, v in threads.items()}
         result["bot_threads_cores"] = {k: v for k, v in threads.items() if v >= 0.005}
         gen = {
             k: round((v - gen0.get(k, 0.0)) / wall, 3) for k, v in thread_cpu_s(os.getpid()).items()
