@@ -62,6 +62,46 @@ async def test_a_hashed_identity_before_its_membership_is_nobody_then_the_member
     assert media.participant(identity) is None
 
 
+async def test_a_membership_that_ends_while_connected_is_a_leave_and_its_return_a_join() -> None:
+    """A homeserver that sends a member's delayed leave during an outage ends her membership
+    while her LiveKit connection stays: the plugins hear LEFT (her media reaches them no
+    more), then JOINED when her client sends the membership again; before, they heard
+    nothing, then a second JOINED without a LEFT between."""
+    from bot.media.engine import OWN
+    from bot.plugin import ParticipantChange
+
+    media, session = _media()
+    events: list = []
+    media.router.push_event = events.append  # type: ignore[method-assign]
+    alice = _member("@alice:example.org", "ALICEDEV", "uuid-1")
+    identity = hashed_identity(alice.user_id, alice.device_id, alice.member_id)
+    remote = SimpleNamespace(identity=identity, name="Alice")
+    room = SimpleNamespace(remote_participants={identity: remote})
+    media.rooms = lambda: [(OWN, room)]  # type: ignore[method-assign]
+    session.memberships_changed.emit(MembershipsChanged([], [alice]))
+    media._on_participant(OWN, ParticipantChange.JOINED)(remote)  # type: ignore[arg-type]
+    assert [(e.change, e.participant.user_id) for e in events] == [
+        (ParticipantChange.JOINED, alice.user_id)
+    ]
+    session.memberships_changed.emit(MembershipsChanged([alice], []))
+    assert media.participant(identity) is None
+    assert (events[-1].change, events[-1].participant.user_id) == (
+        ParticipantChange.LEFT,
+        alice.user_id,
+    )
+    session.memberships_changed.emit(MembershipsChanged([], [alice]))
+    assert [e.change for e in events] == [
+        ParticipantChange.JOINED,
+        ParticipantChange.LEFT,
+        ParticipantChange.JOINED,
+    ]
+    # Her LiveKit connection closes while she has no membership: no second LEFT.
+    session.memberships_changed.emit(MembershipsChanged([alice], []))
+    media._on_participant(OWN, ParticipantChange.LEFT)(remote)  # type: ignore[arg-type]
+    assert [e.change for e in events][-2:] == [ParticipantChange.JOINED, ParticipantChange.LEFT]
+    assert len(events) == 4
+
+
 async def test_a_livekit_participant_without_membership_is_nobody() -> None:
     media, _ = _media()
     # The legacy identity form "@user:server:DEVICE" used to be split into a Matrix user.

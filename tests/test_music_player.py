@@ -14,6 +14,11 @@ from plugins.music.queue import PlayQueue, Track
 from plugins.music.sources import SourcePolicy, classify
 from tests.music_files import write_tones
 
+#: The test's clock starts at its first write, the player's at its clock reading before it
+#: made that block: on a busy machine they differ by the block's processing time (1.7 ms over
+#: a 1 ms slack was seen in CI). A burst would be a whole block (100 ms) or more ahead.
+SLACK_S = 0.02
+
 
 class TimedOutput:
     """An AudioOut that notes when each frame was written."""
@@ -63,7 +68,7 @@ async def test_pacing_keeps_a_small_lead_and_counts_underruns(tmp_path: Path) ->
     player.wake()
     await until(lambda: len(out.times) >= 10)
     # Never more than the lead (plus the frame being written) ahead of real time: no burst.
-    assert max(out.ahead()) <= 0.2 + BLOCK_S + 1e-3
+    assert max(out.ahead()) <= 0.2 + BLOCK_S + SLACK_S
     assert player.state is State.PLAYING
     before = player.stats.underruns
     # The event loop is held up for longer than the lead: one underrun, counted, and the
@@ -72,7 +77,7 @@ async def test_pacing_keeps_a_small_lead_and_counts_underruns(tmp_path: Path) ->
     n = len(out.times)
     await until(lambda: len(out.times) >= n + 5)
     assert player.stats.underruns >= before + 1
-    assert max(out.ahead(n)) <= 0.2 + BLOCK_S + 1e-3
+    assert max(out.ahead(n)) <= 0.2 + BLOCK_S + SLACK_S
     assert len(player.stats.first_audio) == 1  # the !play -> first audio delay, measured
     assert posts == ["▶ Now playing: t (0:03)"]
     await player.close()

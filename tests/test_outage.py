@@ -35,6 +35,11 @@ async def own_sfu(own_synapse: Synapse, netns_addrs: tuple[str, str]) -> AsyncIt
     await server.stop()
 
 
+#: After the homeserver is back, the memberships and keys are exchanged again within this many
+#: seconds on a loaded machine; alice's media may be silent only then.
+REJOIN_S = 15
+
+
 def _bot_memberships(members: list, bot: str) -> int:
     return sum(1 for m in members if m.user_id == bot)
 
@@ -67,6 +72,7 @@ async def test_the_bot_rides_out_homeserver_outages_and_keeps_recording(
         started = time.monotonic()
         sync = s.bot.matrix.sync_task
         assert sync is not None
+        back: list[float] = []  # when the homeserver answered again, in recording seconds
 
         # Longer than the 10 s delayed leave. A second, 40 s outage right after this one does not
         # get the bot's membership back (found here, not fixed yet: see the issue 18 note).
@@ -81,6 +87,7 @@ async def test_the_bot_rides_out_homeserver_outages_and_keeps_recording(
             assert not sync.done()
             await asyncio.to_thread(own_synapse.start)
             await wait_until(lambda: s.bot.matrix.down_since is None, 120, "the reconnection")
+            back.append(time.monotonic() - started)
             assert s.bot.metrics.health()[1]["status"] == "ok"
             # Back in the call: exactly one membership of the bot, and alice's.
             await wait_until(
@@ -103,8 +110,18 @@ async def test_the_bot_rides_out_homeserver_outages_and_keeps_recording(
     localpart = s.alice.user_id[1:].split(":")[0]
     alice = next(p for p in folder.iterdir() if p.name.startswith(localpart))
     samples = decode(alice)
-    # One file across both outages, as long as the recording, with alice's tone throughout.
+    # One file across both outages, as long as the recording, with alice's tone throughout the
+    # outages (media does not need the homeserver). Only once it answers again may there be
+    # a gap: the homeserver then sends the delayed leaves of the bot *and* of alice's client,
+    # both send their memberships again and alice a new key, and until then her media is
+    # not a member's (seen in CI: a whole second silent at 20 s, 2 s after the first outage).
     assert samples.size / 48_000 > recorded_s - 3
-    for start in range(0, samples.size - 48_000, 10 * 48_000):
-        window = samples[start : start + 48_000]
-        assert level(window, 440) > 10 * level(window, 660), f"no tone at {start / 48_000:.0f} s"
+    silent = [
+        start / 48_000
+        for start in range(0, samples.size - 48_000, 48_000)
+        if not level(samples[start : start + 48_000], 440)
+        > 10 * level(samples[start : start + 48_000], 660)
+    ]
+    unexplained = [t for t in silent if not any(b - 1 <= t <= b + REJOIN_S for b in back)]
+    assert not unexplained, f"no tone at {unexplained} s (the homeserver was back at {back} s)"
+    assert len(silent) <= len(back) * REJOIN_S / 2, f"silent seconds: {silent}"

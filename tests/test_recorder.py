@@ -146,6 +146,34 @@ async def test_refuses_to_record_without_a_notice(tmp_path: Path) -> None:
     assert h.plugin.recording is None and list(tmp_path.iterdir()) == []
 
 
+async def test_a_join_notice_that_cannot_be_posted_does_not_count_against_the_recorder(
+    tmp_path: Path,
+) -> None:
+    """After a homeserver outage every member joins again at once, while the homeserver may
+    still be down: a notice that failed raised into the router, and 5 errors in a minute
+    disable a plugin, which would end the recording (seen in CI, test_outage)."""
+    down = False
+
+    class Flaky(FakeCall):
+        async def post(self, text: str, html: str | None = None, thread: str | None = None) -> str:
+            if down:
+                raise ConnectionError("homeserver down")
+            return await super().post(text, html, thread)
+
+    h = PluginHarness(Recorder(), Flaky(files_dir=tmp_path))
+    await h.start()
+    await h.plugin.start()
+    down = True
+    people = [h.participant(f"@p{i}:x") for i in range(6)]
+    await h.feed_audio(people[0], seconds=1.0, freq=440)
+    await h.settle()
+    (runner,) = h.router.runners
+    assert runner.stats.errors == 0 and not runner.stats.disabled
+    assert h.plugin.recording is not None
+    down = False
+    await h.plugin.stop()
+
+
 def test_timeline_and_mix_units() -> None:
     tl = TrackTimeline(RATE, tolerance_s=0.06)
     assert tl.place(0.0, np.zeros((960, 1))).silence == 0

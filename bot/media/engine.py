@@ -325,6 +325,11 @@ class CallMedia:
                 )
             return None
         self._unresolved.discard(identity)
+        return self._as_participant(identity, m, name)
+
+    def _as_participant(
+        self, identity: str, m: CallMembership, name: str | None = None
+    ) -> Participant:
         shown = self._display_name(m.user_id) or name or None
         return Participant(m.user_id, m.device_id, identity, shown)
 
@@ -334,9 +339,19 @@ class CallMedia:
         return len(self._unresolved)
 
     def _on_memberships(self, change: MembershipsChanged) -> None:
-        before = set(self._members)
+        earlier = self._members
+        before = set(earlier)
         self._members = {m.rtc_backend_identity: m for m in change.new}
         self._update_sfus()
+        # A membership that ends while its LiveKit connection stays (a homeserver that sent
+        # the member's delayed leave during an outage, say) ends their part for the plugins:
+        # from now on their media reaches none, so they hear LEFT, and JOINED when the
+        # membership is back (below). Before, they heard nothing, then a second JOINED.
+        for identity in before - set(self._members):
+            if identity in self._present:
+                self._unresolved.add(identity)
+                who = self._as_participant(identity, earlier[identity])
+                self.router.push_event(ParticipantEvent(ParticipantChange.LEFT, who, self.now()))
         # Someone connected before their membership synced joins now, for the plugins.
         for identity in set(self._members) - before:
             remote = next(

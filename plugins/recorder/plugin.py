@@ -364,10 +364,17 @@ class Recorder(Plugin):
         if rec is None:
             return
         if event.change is ParticipantChange.JOINED:
-            await self._call().post(
-                f"{event.participant.name}: this call is being recorded. Type !optout to keep "
-                "your voice and video out of it."
-            )
+            try:
+                await self._call().post(
+                    f"{event.participant.name}: this call is being recorded. Type !optout to "
+                    "keep your voice and video out of it."
+                )
+            except Exception as e:  # the homeserver may be down: the recording goes on
+                # Raising would count against the plugin (5 errors in a minute disable it),
+                # and after an outage every member joins again at once.
+                log.warning(
+                    "could not tell %s that the call is recorded: %s", event.participant.user_id, e
+                )
         elif event.change is ParticipantChange.LEFT:
             track = rec.tracks.get(event.participant.identity)
             if track is not None:
