@@ -350,8 +350,8 @@ class CallMedia:
         for identity in before - set(self._members):
             if identity in self._present:
                 self._unresolved.add(identity)
-                who = self._as_participant(identity, earlier[identity])
-                self.router.push_event(ParticipantEvent(ParticipantChange.LEFT, who, self.now()))
+                gone = self._as_participant(identity, earlier[identity])
+                self.router.push_event(ParticipantEvent(ParticipantChange.LEFT, gone, self.now()))
         # Someone connected before their membership synced joins now, for the plugins.
         for identity in set(self._members) - before:
             remote = next(
