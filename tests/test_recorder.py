@@ -174,6 +174,33 @@ async def test_a_join_notice_that_cannot_be_posted_does_not_count_against_the_re
     await h.plugin.stop()
 
 
+async def test_a_participant_who_leaves_and_joins_again_is_away_in_between(tmp_path: Path) -> None:
+    """After a homeserver outage a member's membership ends and comes back while her media
+    connection stays (bot.media.engine tells LEFT, then JOINED): meta.json says when she was
+    away instead of keeping her LEFT as if she had gone for good."""
+    from bot.plugin import ParticipantChange, ParticipantEvent
+
+    h = PluginHarness(Recorder(), FakeCall(files_dir=tmp_path))
+    await h.start()
+    alice = h.participant("@alice:x")
+    await h.plugin.start()
+    await h.feed_audio(alice, seconds=1.0, freq=440)
+    left = h.clock
+    h.router.push_event(ParticipantEvent(ParticipantChange.LEFT, alice, left))
+    h.clock += 2.0
+    h.router.push_event(ParticipantEvent(ParticipantChange.JOINED, alice, h.clock))
+    back = h.clock
+    await h.feed_audio(alice, seconds=1.0, freq=440)
+    rec = h.plugin.recording
+    assert rec is not None
+    await h.plugin.stop()
+    (folder,) = tmp_path.iterdir()
+    (who,) = json.loads((folder / "meta.json").read_text())["participants"]
+    start = rec.started_at
+    assert who["left_at_s"] is None
+    assert who["away"] == [[round(left - start, 3), round(back - start, 3)]]
+
+
 def test_timeline_and_mix_units() -> None:
     tl = TrackTimeline(RATE, tolerance_s=0.06)
     assert tl.place(0.0, np.zeros((960, 1))).silence == 0

@@ -81,6 +81,8 @@ class _Track:
     timeline: TrackTimeline
     joined_at: float
     left_at: float | None = None
+    #: [left, back] of each time they left and joined again (seconds, the files' clock)
+    away: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -364,6 +366,11 @@ class Recorder(Plugin):
         if rec is None:
             return
         if event.change is ParticipantChange.JOINED:
+            track = rec.tracks.get(event.participant.identity)
+            if track is not None and track.left_at is not None:  # back (after an outage, say)
+                back = round(event.timestamp - rec.started_at, 3)
+                track.away.append((track.left_at, back))
+                track.left_at = None
             try:
                 await self._call().post(
                     f"{event.participant.name}: this call is being recorded. Type !optout to "
@@ -438,6 +445,7 @@ class Recorder(Plugin):
                     "file": t.writer.path.name,
                     "joined_at_s": round(t.joined_at, 3),
                     "left_at_s": t.left_at,
+                    "away": [[a, b] for a, b in t.away],
                     "silences": [[round(a, 3), round(b, 3)] for a, b in t.timeline.gaps],
                 }
                 for t in rec.tracks.values()
