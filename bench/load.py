@@ -493,8 +493,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["workers"] = len(bots)
         speakers = {(i, r) for i, r in slots}
         ids = {a.user_id: i for i, a in enumerate(accounts)}
-        result["recordings"] = args.record and await asyncio.to_thread(
-            analyse_recordings, metas(), ids, speakers, args.idle == "tone"
+        result["recordings"] = (
+            await asyncio.to_thread(analyse_recordings, metas(), ids, speakers, args.idle == "tone")
+            if args.record
+            else None
         )
         if args.transcribe:
             missed = 0

@@ -116,12 +116,8 @@ async def test_the_bot_rides_out_homeserver_outages_and_keeps_recording(
     # both send their memberships again and alice a new key, and until then her media is
     # not a member's (seen in CI: a whole second silent at 20 s, 2 s after the first outage).
     assert samples.size / 48_000 > recorded_s - 3
-    silent = [
-        start / 48_000
-        for start in range(0, samples.size - 48_000, 48_000)
-        if not level(samples[start : start + 48_000], 440)
-        > 10 * level(samples[start : start + 48_000], 660)
-    ]
+    seconds = [samples[i : i + 48_000] for i in range(0, samples.size - 48_000, 48_000)]
+    silent = [t for t, w in enumerate(seconds) if not level(w, 440) > 10 * level(w, 660)]
     unexplained = [t for t in silent if not any(b - 1 <= t <= b + REJOIN_S for b in back)]
     assert not unexplained, f"no tone at {unexplained} s (the homeserver was back at {back} s)"
     assert len(silent) <= len(back) * REJOIN_S / 2, f"silent seconds: {silent}"

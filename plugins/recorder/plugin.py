@@ -365,11 +365,11 @@ class Recorder(Plugin):
         rec = self.recording
         if rec is None:
             return
+        track = rec.tracks.get(event.participant.identity)
+        at = round(event.timestamp - rec.started_at, 3)
         if event.change is ParticipantChange.JOINED:
-            track = rec.tracks.get(event.participant.identity)
             if track is not None and track.left_at is not None:  # back (after an outage, say)
-                back = round(event.timestamp - rec.started_at, 3)
-                track.away.append((track.left_at, back))
+                track.away.append((track.left_at, at))
                 track.left_at = None
             try:
                 await self._call().post(
@@ -382,10 +382,8 @@ class Recorder(Plugin):
                 log.warning(
                     "could not tell %s that the call is recorded: %s", event.participant.user_id, e
                 )
-        elif event.change is ParticipantChange.LEFT:
-            track = rec.tracks.get(event.participant.identity)
-            if track is not None:
-                track.left_at = round(event.timestamp - rec.started_at, 3)
+        elif event.change is ParticipantChange.LEFT and track is not None:
+            track.left_at = at
 
     def metrics(self) -> dict[str, float]:
         rec = self.recording
